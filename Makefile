@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   the whole pipeline on the bundled sample
+#   make test   the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= outputs/demo
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: venv test demo lint bench clean
+
+venv: $(STAMP)
+
+# Rebuilt whenever the pinned requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m kaggle_utils.demo --out $(OUT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench build_kernel.py notebooks/*.py
+
+bench: $(STAMP)
+	$(PY) bench/preprocess.py
+
+clean:
+	rm -rf outputs .pytest_cache
