@@ -39,3 +39,10 @@ def test_sweep_temp_files(tmp_path):
     (tmp_path / "keep.png").write_bytes(b"ok")
     assert io.sweep_temp_files(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    p = io.write_text(tmp_path / "perm.txt", "x")
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~mask)
