@@ -203,3 +203,20 @@ def test_write_read_roundtrip(grouped, tmp_path):
     (tmp_path / "bad.csv").write_text("id,grade\na,1\n")
     with pytest.raises(ValueError, match="not a folds file"):
         folds.read_folds(tmp_path / "bad.csv")
+
+
+def test_holdout_split_keeps_duplicate_groups_and_grades():
+    import pandas as pd
+
+    from kaggle_utils.folds import holdout_split
+
+    grades = [g for g in range(5) for _ in range(12)]
+    table = pd.DataFrame({"id": [f"i{k}" for k in range(60)], "grade": grades,
+                          "dup_group": [k // 2 for k in range(60)]})
+    train, test = holdout_split(table, 12, seed=0)
+    assert len(train) + len(test) == 60 and 8 <= len(test) <= 16
+    assert set(train["id"]).isdisjoint(test["id"])
+    assert set(train["dup_group"]).isdisjoint(test["dup_group"])
+    assert test["grade"].nunique() >= 4
+    again = holdout_split(table, 12, seed=0)[1]
+    assert again["id"].tolist() == test["id"].tolist()

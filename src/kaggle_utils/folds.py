@@ -381,3 +381,17 @@ def read_folds(path: str | os.PathLike) -> pd.DataFrame:
     if "grade" in df.columns:
         df["grade"] = df["grade"].astype("Int64")
     return df
+
+
+def holdout_split(
+    table: pd.DataFrame, n_holdout: int, seed: int = 0, group_col: str | None = GROUP_COLUMN
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout): about ``n_holdout`` rows held back as a test set, stratified by grade and, when
+    ``group_col`` is present, never splitting a duplicate group (a leak would flatter the test score)."""
+    if not 0 < n_holdout < len(table):
+        raise ValueError(f"n_holdout must be in 1..{len(table) - 1}, got {n_holdout}")
+    n_splits = max(2, round(len(table) / n_holdout))
+    group = group_col if group_col and group_col in table.columns else None
+    split = make_folds(table, n_folds=n_splits, seed=seed, group_col=group)
+    test = split["fold"] == 0
+    return table[~test.to_numpy()].reset_index(drop=True), table[test.to_numpy()].reset_index(drop=True)

@@ -1,0 +1,58 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Blend: OOF-fitted weights and thresholds -> submission.csv, and the report
+# Blend weights (non-negative, summing to 1) and QWK thresholds are fitted on the out-of-fold predictions,
+# then applied to the test predictions. The report shows OOF QWK per model, per fold and for the blend, the
+# confusion matrix, referable-DR sensitivity/specificity/ROC, training curves and Grad-CAM maps.
+
+# %% tags=["parameters"]
+run_dirs = ["outputs/runs/lite0"]
+preds_dir = "outputs/preds"
+test_csv = "outputs/cache/test.csv"
+test_id_col = "id"
+out_dir = "outputs/blend"
+submission_path = None
+method = "qwk"
+gradcam_per_grade = 2
+cache_dir = "outputs/cache"
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import IFrame, display
+
+from kaggle_utils import ensemble, io, report
+
+names = [Path(d).name for d in run_dirs]
+test_ids = pd.read_csv(test_csv, dtype=str)[test_id_col]
+result = ensemble.blend_runs(dict(zip(names, run_dirs, strict=True)),
+                             {n: f"{preds_dir}/{n}" for n in names}, test_ids, method=method)
+io.write_csv(f"{out_dir}/test_blend.csv", result.test)  # the next pseudo-label round reads it
+path = ensemble.write_submission(result.submission, submission_path or f"{out_dir}/submission.csv")
+print(f"OOF QWK (blend, fitted thresholds): {result.oof_qwk:.4f}")
+print(f"weights {result.weights}; thresholds {[round(t, 3) for t in result.thresholds]}")
+print(f"{path}: {len(result.submission)} rows; grades {result.submission['diagnosis'].value_counts().sort_index().to_dict()}")
+
+# %%
+examples = report.gradcam_for_runs(run_dirs, result.oof, cache_dir, n_per_grade=gradcam_per_grade) \
+    if gradcam_per_grade else None
+files = report.write_report(out_dir, result.oof, weights=result.weights, thresholds=result.thresholds,
+                            curves=report.load_curves(run_dirs), gradcam=examples,
+                            title="Diabetic retinopathy grading: out-of-fold report")
+print("\n".join(f"{k}: {v}" for k, v in files.items()))
+display(IFrame(str(files["html"]), width="100%", height=600)) if "html" in files else None

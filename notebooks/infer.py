@@ -1,0 +1,49 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Infer: fold checkpoints x TTA -> test predictions per run
+# Each run folder holds `fold<k>/best.pt`; every checkpoint knows its model, image size and preprocessing,
+# so runs of different sizes mix. Unreadable images still get a row (`status=failed`, with the reason).
+
+# %% tags=["parameters"]
+run_dirs = ["outputs/runs/lite0"]
+test_csv = "outputs/cache/test.csv"
+test_images = None
+test_ext = ".png"
+out_dir = "outputs/preds"
+tta = "hflip"
+batch_size = 32
+workers = 2
+device = "auto"
+
+# %%
+import pandas as pd
+
+from kaggle_utils import infer
+
+test = infer.test_table(test_csv, test_images, ext=test_ext)
+print(f"{len(test)} test images")
+
+# %%
+results = infer.infer(run_dirs, test, out_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
+for name, df in results.items():
+    print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} failed")
+failed = pd.read_csv(f"{out_dir}/{infer.FAILED_FILE}")
+failed
+
+# %%
+ax = pd.DataFrame({n: d["pred"] for n, d in results.items()}).plot.hist(bins=40, alpha=0.5, figsize=(8, 3))
+ax.set_xlabel("predicted grade (continuous)");

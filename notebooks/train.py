@@ -1,0 +1,71 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Train one fold
+# Fits one fold of one model on a preprocessed cache (see `preprocess`). Rerunning with the same parameters
+# resumes from `out_dir/last.pt`; `deadline` (seconds of budget, or an absolute epoch time) stops cleanly with
+# a resumable checkpoint. `init_from` fine-tunes from a checkpoint pre-trained on external data.
+
+# %% tags=["parameters"]
+cache_dir = "outputs/cache"
+folds_csv = "outputs/cache/folds.csv"
+out_dir = "outputs/runs/lite0/fold0"
+fold = 0
+model = "efficientnet-lite0"
+head = "regression"
+pool = "avg"
+loss = None
+pretrained = True
+size = 224
+epochs = 2
+batch_size = 16
+lr = 1e-3
+augmentation = "seed"
+sampler_rates = None
+monitor = "val_qwk"
+patience = None
+seed = 0
+deadline = None
+init_from = None
+extra_csv = None
+num_workers = 2
+max_steps_per_epoch = None
+
+# %%
+import pandas as pd
+from IPython.display import Image, display
+
+from kaggle_utils.train import TrainConfig, load_table, train_fold
+
+cfg = TrainConfig(
+    out_dir=out_dir, cache_dir=cache_dir, folds_csv=folds_csv, fold=fold, model=model, head=head, pool=pool,
+    loss=loss, pretrained=pretrained, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+    augmentation=augmentation, sampler_rates=sampler_rates, monitor=monitor, patience=patience, seed=seed,
+    deadline=deadline, init_from=init_from, num_workers=num_workers, max_steps_per_epoch=max_steps_per_epoch,
+)
+table = load_table(cfg)
+if extra_csv:  # pseudo-labelled or external rows: fold -1 trains in every fold, never validates
+    extra = pd.read_csv(extra_csv, dtype={"id": str})
+    table = pd.concat([table, extra.assign(fold=-1)], ignore_index=True)
+print(f"{len(table)} rows, fold {fold}: {int((table['fold'] == fold).sum())} validation")
+
+# %%
+result = train_fold(cfg, table=table)
+result
+
+# %%
+display(pd.read_csv(f"{out_dir}/metrics.csv"))
+display(Image(filename=f"{out_dir}/curves.png"))

@@ -1,0 +1,308 @@
+"""Inference: fold checkpoints x TTA -> one continuous prediction per image and run.
+
+A *run* is a folder of fold sub-folders, each with the ``best.pt`` that training wrote. Every checkpoint
+carries its model config and the preprocessing recipe it was trained on, so runs of different image sizes
+and preprocessing mix freely (the 4th place's ensemble did): images are read once per distinct recipe and
+every model sharing that recipe sees the same batch. Image loading runs in background threads (OpenCV
+releases the GIL), so decoding overlaps the forward pass. An image that cannot be read still gets a row:
+its prediction is NaN and its ``status``/``reason`` say why; blending substitutes a fallback grade.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import io
+from .preprocess import ImageReadError, PreprocessConfig, preprocess_image
+from .sources import test_table  # noqa: F401  (re-exported for notebooks)
+
+TTA_MODES = ("none", "hflip", "d8", "jitter<N>")
+PRED_FILE = "test_preds.csv"
+FAILED_FILE = "failed_images.csv"
+
+
+class InferenceError(RuntimeError):
+    """A run folder or checkpoint that inference cannot use; the message says which and why."""
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """The fold models of one trained run and the recipe they expect."""
+
+    name: str
+    folder: Path
+    models: list[nn.Module]
+    folds: list[int]
+    preprocess: PreprocessConfig
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    thresholds: list[list[float]] = field(default_factory=list)
+
+
+def fold_checkpoints(run_dir: str | os.PathLike, filename: str = "best.pt") -> list[Path]:
+    """``run_dir/fold*/best.pt`` (or ``run_dir/best.pt`` for a single-fold run), sorted by fold."""
+    run_dir = Path(run_dir)
+    found = sorted(run_dir.glob(f"fold*/{filename}"), key=lambda p: _fold_number(p.parent.name))
+    if not found and (run_dir / filename).is_file():
+        found = [run_dir / filename]
+    if not found:
+        raise InferenceError(f"no {filename} under {run_dir} (expected {run_dir}/fold<k>/{filename})")
+    return found
+
+
+def _fold_number(name: str) -> int:
+    digits = "".join(c for c in name if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def checkpoint_preprocess(ck: dict[str, Any], path: Path) -> PreprocessConfig:
+    """The recipe a checkpoint was trained on: stored in it, else beside it, else in its cache folder."""
+    if ck.get("preprocess"):
+        return PreprocessConfig.from_dict(ck["preprocess"])
+    for candidate in (path.parent / "preprocess.json", path.parent.parent / "preprocess.json"):
+        if candidate.is_file():
+            return PreprocessConfig.from_dict(io.read_json(candidate))
+    cache_dir = (ck.get("config") or {}).get("cache_dir")
+    if cache_dir and (Path(cache_dir) / "preprocess.json").is_file():
+        return PreprocessConfig.from_dict(io.read_json(Path(cache_dir) / "preprocess.json"))
+    raise InferenceError(f"{path} does not say how its images were preprocessed (no 'preprocess' entry, "
+                         "no preprocess.json beside it); retrain with a current kaggle_utils")
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", name: str | None = None) -> Run:
+    """Load every fold's best model of a run, in eval mode on ``device``."""
+    from .train import load_checkpoint, load_model
+
+    paths = fold_checkpoints(run_dir)
+    models, folds, thresholds, recipes = [], [], [], []
+    for path in paths:
+        ck = load_checkpoint(path)
+        size = int((ck.get("config") or {}).get("size") or checkpoint_preprocess(ck, path).size)
+        recipes.append((checkpoint_preprocess(ck, path), size))
+        model = load_model(path, device=device)
+        models.append(model)
+        folds.append(int((ck.get("config") or {}).get("fold", _fold_number(path.parent.name))))
+        thresholds.append(list(getattr(model, "thresholds", [])))
+    if any(r != recipes[0] for r in recipes):
+        raise InferenceError(f"the folds of {run_dir} were trained on different preprocessing: {recipes}")
+    first = models[0]
+    return Run(name or Path(run_dir).name, Path(run_dir), models, folds, *recipes[0],
+               tuple(first.mean), tuple(first.std), thresholds)
+
+
+# ------------------------------------------------------------------------------------------------ TTA
+
+
+def tta_views(mode: str) -> int:
+    """How many views ``mode`` averages over (validates the name)."""
+    if mode == "none":
+        return 1
+    if mode == "hflip":
+        return 2
+    if mode == "d8":
+        return 8
+    if mode.startswith("jitter") and mode[6:].isdigit() and int(mode[6:]) > 0:
+        return int(mode[6:]) + 1
+    raise ValueError(f"unknown TTA mode {mode!r}; expected one of {TTA_MODES}")
+
+
+def tta_batches(x: torch.Tensor, mode: str, seed: int = 0) -> Iterator[torch.Tensor]:
+    """The views of a float [0, 1] batch: identity first, then flips/rotations or colour jitter.
+
+    Jitter draws brightness and contrast factors (+-10 %) from ``seed``, so TTA is deterministic.
+    """
+    n = tta_views(mode)
+    yield x
+    if mode == "hflip":
+        yield x.flip(-1)
+    elif mode == "d8":
+        for k in range(8)[1:]:
+            view = x.flip(-1) if k >= 4 else x
+            yield torch.rot90(view, k % 4, dims=(-2, -1))
+    elif n > 1:
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n - 1):
+            contrast, brightness = (1 + 0.2 * (torch.rand(2, generator=gen) - 0.5)).tolist()
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            yield ((x - mean) * contrast + mean * brightness).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------- image feed
+
+
+def _load(path: str, cfg: PreprocessConfig, size: int) -> tuple[np.ndarray | None, str]:
+    """Exactly what training saw: the cached recipe, then the training loader's resize to ``size``."""
+    try:
+        img = preprocess_image(path, cfg)
+        if img.shape[:2] != (size, size):
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        return img, ""
+    except ImageReadError as err:
+        return None, err.reason if hasattr(err, "reason") else str(err)
+    except Exception as err:  # a decoder crash on one file must not end the run
+        return None, f"{type(err).__name__}: {err}"
+
+
+def iter_batches(paths: Sequence[str], cfg: PreprocessConfig, size: int, batch_size: int = 32, workers: int = 2,
+                 prefetch: int = 2) -> Iterator[tuple[np.ndarray, torch.Tensor, list[str]]]:
+    """Yield (row indices, uint8 NCHW batch, reasons) with loading ``prefetch`` batches ahead in threads.
+
+    Rows that failed to load are in the batch as zeros with a non-empty reason.
+    """
+    starts = list(range(0, len(paths), batch_size))
+    out: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for start in starts:
+                    idx = np.arange(start, min(start + batch_size, len(paths)))
+                    loaded = list(pool.map(lambda i: _load(paths[i], cfg, size), idx))
+                    batch = np.zeros((len(idx), size, size, 3), np.uint8)
+                    for j, (img, _) in enumerate(loaded):
+                        if img is not None:
+                            batch[j] = img
+                    item = (idx, torch.from_numpy(batch).permute(0, 3, 1, 2), [r for _, r in loaded])
+                    while not stop.is_set():
+                        try:
+                            out.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+        except BaseException as err:  # surface loader crashes in the consumer
+            out.put(err)
+            return
+        out.put(None)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------ predicting
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def predict_batch(models: Sequence[nn.Module], x_uint8: torch.Tensor, mean: Sequence[float],
+                  std: Sequence[float], tta: str = "none", seed: int = 0) -> np.ndarray:
+    """(n_models, N) continuous grades for one uint8 NCHW batch, averaged over the TTA views."""
+    device = next(models[0].parameters()).device
+    x = x_uint8.to(device, non_blocking=True).float().div_(255)
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    sums = torch.zeros(len(models), x.shape[0], device=device)
+    views = 0
+    for view in tta_batches(x, tta, seed):
+        view = (view - m) / s
+        if device.type == "cuda":
+            view = view.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            for k, model in enumerate(models):
+                sums[k] += model.decode(model(view)).float()
+        views += 1
+    return (sums / views).cpu().numpy()
+
+
+def predict_runs(runs: Sequence[Run], table: pd.DataFrame, tta: str = "none", batch_size: int = 32,
+                 workers: int = 2, seed: int = 0, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Predict every run on ``table`` (``id, path``); returns run name -> ``id, pred, pred_fold<k>, status, reason``.
+
+    ``pred`` is the mean over folds and TTA views; NaN where the image could not be read.
+    """
+    from tqdm.auto import tqdm
+
+    tta_views(tta)
+    missing = [c for c in ("id", "path") if c not in table.columns]
+    if missing:
+        raise InferenceError(f"test table lacks column(s) {missing}; columns: {list(table.columns)}")
+    ids, paths = table["id"].astype(str).tolist(), table["path"].astype(str).tolist()
+    results: dict[str, pd.DataFrame] = {}
+    groups: dict[tuple[PreprocessConfig, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.preprocess, run.size), []).append(run)
+    for (cfg, size), group in groups.items():
+        models = [m for run in group for m in run.models]
+        preds = np.full((len(models), len(ids)), np.nan, dtype=np.float64)
+        reasons = [""] * len(ids)
+        bar = tqdm(total=len(ids), desc=f"infer {','.join(r.name for r in group)} @{size}px",
+                   disable=not progress, unit="img")
+        mean_std = {(tuple(r.mean), tuple(r.std)) for r in group}
+        for idx, batch, why in iter_batches(paths, cfg, size, batch_size, workers):
+            for mean, std in mean_std:
+                sel = [k for k, m in enumerate(models) if (tuple(m.mean), tuple(m.std)) == (mean, std)]
+                preds[np.array(sel)[:, None], idx[None, :]] = predict_batch(
+                    [models[k] for k in sel], batch, mean, std, tta, seed)
+            for j, reason in zip(idx, why, strict=True):
+                reasons[j] = reason
+            bar.update(len(idx))
+        bar.close()
+        failed = np.array([bool(r) for r in reasons])
+        preds[:, failed] = np.nan
+        start = 0
+        for run in group:
+            fold_preds = preds[start:start + len(run.models)]
+            start += len(run.models)
+            df = pd.DataFrame({"id": ids, "pred": fold_preds.mean(axis=0)})
+            for fold, row in zip(run.folds, fold_preds, strict=True):
+                df[f"pred_fold{fold}"] = row
+            df["status"] = np.where(failed, "failed", "ok")
+            df["reason"] = reasons
+            results[run.name] = df
+    return results
+
+
+def write_predictions(results: dict[str, pd.DataFrame], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """``out_dir/<run>/test_preds.csv`` per run and ``out_dir/failed_images.csv`` (may be empty)."""
+    out = Path(out_dir)
+    paths = {name: io.write_csv(out / name / PRED_FILE, df) for name, df in results.items()}
+    if results:
+        first = next(iter(results.values()))
+        io.write_csv(out / FAILED_FILE, first.loc[first["status"] != "ok", ["id", "reason"]])
+    return paths
+
+
+def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: str | os.PathLike,
+          tta: str = "none", batch_size: int = 32, workers: int = 2, device: str = "auto", seed: int = 0,
+          progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Load runs, predict ``table`` and write the prediction files: the infer notebook's one call."""
+    dev = _device(device)
+    runs = [load_run(d, dev) for d in run_dirs]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise InferenceError(f"run folder names must be unique, got {names}")
+    results = predict_runs(runs, table, tta, batch_size, workers, seed, progress)
+    write_predictions(results, out_dir)
+    return results
