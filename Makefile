@@ -5,11 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-OUT    ?= outputs/demo
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo recipe lint bench clean
 
 venv: $(STAMP)
 
@@ -24,14 +23,21 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# preprocess -> train EfficientNet-Lite0 (real ImageNet weights) on 4 folds -> infer with TTA -> blend -> report
 demo: $(STAMP)
-	$(PY) -m kaggle_utils.demo --out $(OUT)
+	$(PY) -m kaggle_utils.run configs/demo.yaml
+
+# the default CPU recipe: 5-fold CV on ../shared/data/idrid_train (about an hour on 2 cores)
+recipe: $(STAMP)
+	$(PY) -m kaggle_utils.run configs/idrid_cpu.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench build_kernel.py notebooks/*.py
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
+	$(PY) bench/train.py
+	$(PY) bench/infer.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -50,12 +50,8 @@ from IPython.display import Image, display
 
 from kaggle_utils.train import TrainConfig, load_table, train_fold
 
-cfg = TrainConfig(
-    out_dir=out_dir, cache_dir=cache_dir, folds_csv=folds_csv, fold=fold, model=model, head=head, pool=pool,
-    loss=loss, pretrained=pretrained, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
-    augmentation=augmentation, sampler_rates=sampler_rates, monitor=monitor, patience=patience, seed=seed,
-    deadline=deadline, init_from=init_from, num_workers=num_workers, max_steps_per_epoch=max_steps_per_epoch,
-)
+# every TrainConfig field can be passed as a papermill parameter (-p warmup_epochs 2, -p channels_last True ...)
+cfg = TrainConfig.from_dict({k: v for k, v in dict(globals()).items() if k in TrainConfig.__dataclass_fields__})
 table = load_table(cfg)
 if extra_csv:  # pseudo-labelled or external rows: fold -1 trains in every fold, never validates
     extra = pd.read_csv(extra_csv, dtype={"id": str})

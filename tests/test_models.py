@@ -256,3 +256,14 @@ def test_pretrained_grading_model_gets_backbone_weights_and_a_new_head():
     assert torch.equal(model.backbone._conv_stem.weight, state["_conv_stem.weight"])
     assert torch.equal(model.backbone._blocks[5]._bn1.running_var, state["_blocks.5._bn1.running_var"])
     assert model.fc.weight.shape == (4, 1280)
+
+
+def test_bn_momentum_is_set_on_every_batchnorm():
+    import torch
+
+    from kaggle_utils.models import create_model
+
+    bns = lambda m: [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]  # noqa: E731
+    assert {b.momentum for b in bns(create_model("efficientnet-lite0"))} == {0.1}
+    kept = {round(b.momentum, 4) for b in bns(create_model("efficientnet-lite0", bn_momentum=None))}
+    assert kept == {0.01}  # the TF port's value, which lags on short fine-tuning runs

@@ -64,7 +64,7 @@ def _as_named(sources: Mapping[str, RunSource] | Sequence[PathLike]) -> dict[str
     return named
 
 
-def _check_ids(tables: dict[str, pd.DataFrame], what: str) -> list[str]:
+def _check_ids(tables: dict[str, pd.DataFrame], what: str, allow_missing: bool = False) -> list[str]:
     """Every model must predict exactly the same ids; the error names the ids each model lacks."""
     for name, df in tables.items():
         if "id" not in df or "pred" not in df:
@@ -72,7 +72,7 @@ def _check_ids(tables: dict[str, pd.DataFrame], what: str) -> list[str]:
         dup = df["id"][df["id"].duplicated()].unique()
         if len(dup):
             raise EnsembleError(f"{what} of model {name!r} has duplicated ids (fold overlap?): {list(dup[:10])}")
-        if df["pred"].isna().any():
+        if not allow_missing and df["pred"].isna().any():
             bad = list(df.loc[df["pred"].isna(), "id"][:10])
             raise EnsembleError(f"{what} of model {name!r} has missing preds for ids {bad}")
     first, *rest = tables
@@ -125,7 +125,7 @@ def collect_test(runs: Mapping[str, RunSource] | Sequence[PathLike], filename: s
         if pred_col != "pred" and pred_col in df:
             df = df.drop(columns="pred", errors="ignore").rename(columns={pred_col: "pred"})
         tables[name] = df
-    ids = _check_ids(tables, "test predictions")
+    ids = _check_ids(tables, "test predictions", allow_missing=True)  # unreadable images: NaN, fallback later
     out = pd.DataFrame({"id": ids})
     for name, df in tables.items():
         out[name] = df.set_index("id").loc[ids, "pred"].to_numpy(float)
@@ -441,6 +441,10 @@ def build_pseudo_round(test_csv: PathLike, blend_dir: PathLike, cache_dir: PathL
 
     blend_dir, out_csv = Path(blend_dir), Path(out_csv)
     test = sources.test_table(test_csv, test_images, ext=test_ext)
+    leak = sorted(set(test["id"]) & set(cache.load_cache(cache_dir, check_files=False)["id"]))
+    if leak:
+        raise EnsembleError(f"{len(leak)} test ids are training ids too, e.g. {leak[:5]}: pseudo-labels would "
+                            "duplicate them; hold the test set out of the training labels")
     cfg = PreprocessConfig.from_dict(io.read_json(Path(cache_dir) / cache.CONFIG))
     pcache = out_csv.with_suffix("")
     cache.build_cache(test.assign(grade=pd.NA, source="pseudo"), pcache, cfg, workers=workers or os.cpu_count() or 1)

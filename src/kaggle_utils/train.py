@@ -678,6 +678,11 @@ class Trainer:
         return {k: getattr(self.net, k, None) for k in ("name", "head", "pool")} | {
             "mean": list(getattr(self.net, "mean", None) or []), "std": list(getattr(self.net, "std", None) or [])}
 
+    def _preprocess_recipe(self) -> dict[str, Any] | None:
+        """The cache's preprocessing, kept in best.pt so inference needs only the checkpoint (Kaggle)."""
+        recipe = Path(self.cfg.cache_dir or "") / "preprocess.json"
+        return io.read_json(recipe) if self.cfg.cache_dir and recipe.is_file() else None
+
     def _write_tables(self) -> None:
         if self.history and self._tables_at != len(self.history):  # epoch tables change at epoch ends only
             io.write_csv(self.out / "metrics.csv", pd.DataFrame(self.history))
@@ -703,6 +708,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "model": self.net.state_dict(),
             "epoch": row["epoch"], "val_loss": row["val_loss"], "val_qwk": row["val_qwk"],
             "val_qwk_tuned": tuned, "thresholds": thresholds, "model_meta": self._model_meta(),
+            "preprocess": self._preprocess_recipe(),
         })
         oof = pd.DataFrame({"id": self.val_table["id"], "grade": grades, "pred": preds, "fold": self.cfg.fold})
         io.write_csv(self.out / "oof.csv", oof)

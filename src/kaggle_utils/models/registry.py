@@ -95,6 +95,7 @@ def create_model(
     pool: str = "avg",
     pretrained: bool | str | os.PathLike = False,
     dropout: float | None = None,
+    bn_momentum: float | None = 0.1,
     **kwargs: object,
 ):
     """Build a :class:`GradingModel`.
@@ -108,6 +109,10 @@ def create_model(
             :func:`kaggle_utils.weights.resolve_weights` (sha256-verified); a path = that file (or folder),
             also verified against the manifest.
         dropout: before the head; None = the model's default (``get_model_spec(name).dropout``).
+        bn_momentum: BatchNorm running-stat momentum for every BN layer; None keeps the builder's. The
+            TF-ported EfficientNets use 0.01, whose running stats lag far behind the weights when a run is
+            only a few hundred steps (APTOS/IDRiD-sized folds): eval-mode predictions then drift off while
+            the training loss falls. 0.1 (PyTorch's default) tracks them.
         kwargs: passed to the backbone builder (e.g. ``drop_connect_rate`` for EfficientNets).
     """
     from .grading import GradingModel
@@ -119,6 +124,10 @@ def create_model(
     if dropout is None:
         dropout = 0.0 if head == IMAGENET_HEAD else spec.dropout
     model = GradingModel(spec, spec.builder(**kwargs), head=head, pool=pool, dropout=dropout)
+    if bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = bn_momentum
     if pretrained is not False and pretrained is not None:
         from .. import weights
 

@@ -1,0 +1,106 @@
+"""Inference: TTA views, checkpoint loading, unreadable test images still get a (flagged) row."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from train_helpers import register_tiny_model
+
+from kaggle_utils import ensemble, infer, sources
+from kaggle_utils.preprocess import PreprocessConfig
+
+
+def test_tta_views_are_distinct_and_counted():
+    x = torch.rand(2, 3, 8, 8)
+    for mode, n in [("none", 1), ("hflip", 2), ("d8", 8), ("jitter3", 4)]:
+        views = list(infer.tta_batches(x, mode, seed=1))
+        assert len(views) == n == infer.tta_views(mode)
+        assert all(v.shape == x.shape for v in views)
+        assert torch.equal(views[0], x)
+    d8 = list(infer.tta_batches(x, "d8"))
+    flat = {tuple(v[0].flatten().tolist()) for v in d8}
+    assert len(flat) == 8  # the 8 dihedral transforms of a random image all differ
+    again = list(infer.tta_batches(x, "jitter3", seed=1))
+    assert all(torch.equal(a, b) for a, b in zip(again, infer.tta_batches(x, "jitter3", seed=1), strict=True))
+    with pytest.raises(ValueError, match="unknown TTA mode"):
+        infer.tta_views("rot5")
+
+
+def test_test_table_keeps_every_id_in_order(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    pd.DataFrame({"id_code": ["b", "a", "c"]}).to_csv(tmp_path / "test.csv", index=False)
+    t = sources.test_table(tmp_path / "test.csv", tmp_path / "imgs", ext=".png")
+    assert t["id"].tolist() == ["b", "a", "c"]
+    assert t["path"].iloc[1].endswith("imgs/a.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, sample_dir):
+    """Two folds of the tiny test model, saved the way training saves them."""
+    from kaggle_utils.train import TrainConfig, train_fold
+
+    register_tiny_model()
+    root = tmp_path_factory.mktemp("run")
+    labels = pd.read_csv(sample_dir / "labels.csv").head(16)
+    table = pd.DataFrame({"id": labels["id_code"], "path": [str(sample_dir / "images" / f"{i}.jpg")
+                                                            for i in labels["id_code"]],
+                          "grade": labels["diagnosis"], "source": "idrid"})
+    from kaggle_utils.cache import build_cache, load_cache
+
+    build_cache(table, root / "cache", PreprocessConfig(size=64), workers=1)
+    cached = load_cache(root / "cache")
+    cached["fold"] = np.arange(len(cached)) % 2
+    for fold in (0, 1):
+        cfg = TrainConfig(out_dir=str(root / "runs" / "tiny" / f"fold{fold}"), cache_dir=str(root / "cache"),
+                          model="tiny-cnn-test", size=64, epochs=1, batch_size=4, fold=fold, num_workers=0,
+                          progress=False, augmentation="none")
+        train_fold(cfg, table=cached)
+    return root / "runs" / "tiny", table
+
+
+def test_unreadable_test_images_get_a_row_and_a_reason(tiny_run, tmp_path):
+    run_dir, table = tiny_run
+    images = tmp_path / "test_images"
+    images.mkdir()
+    for p in table["path"][:4]:
+        shutil.copy(p, images / Path(p).name)
+    (images / "broken.jpg").write_bytes(Path(table["path"][4]).read_bytes()[:3000])  # truncated JPEG
+    (images / "empty.jpg").write_bytes(b"")
+    ids = [Path(p).stem for p in table["path"][:4]] + ["broken", "empty", "missing"]
+    pd.DataFrame({"id_code": ids}).to_csv(tmp_path / "test.csv", index=False)
+    test = sources.test_table(tmp_path / "test.csv", images, ext=".jpg")
+
+    results = infer.infer([run_dir], test, tmp_path / "preds", tta="hflip", batch_size=3, device="cpu",
+                          progress=False)
+    df = results["tiny"]
+    assert df["id"].tolist() == ids
+    assert df["status"].tolist() == ["ok"] * 4 + ["failed"] * 3
+    assert np.isfinite(df["pred"][:4]).all() and df["pred"][4:].isna().all()
+    assert {"pred_fold0", "pred_fold1"} <= set(df.columns)
+    failed = pd.read_csv(tmp_path / "preds" / infer.FAILED_FILE)
+    assert failed["id"].tolist() == ["broken", "empty", "missing"]
+    assert failed["reason"].str.len().gt(0).all()
+
+    # blending still gives every test id a grade, the unreadable ones the fallback
+    with pytest.warns(UserWarning, match="fallback"):
+        result = ensemble.blend_runs({"tiny": run_dir}, {"tiny": tmp_path / "preds" / "tiny"}, ids)
+    sub = result.submission
+    assert sub["id_code"].tolist() == ids
+    assert sub["diagnosis"].between(0, 4).all()
+    assert (sub["diagnosis"][4:] == result.fallback).all()
+
+
+def test_predictions_match_a_direct_forward(tiny_run, tmp_path):
+    """The threaded loader + fold averaging equal a plain loop over the same preprocessed images."""
+    run_dir, table = tiny_run
+    run = infer.load_run(run_dir)
+    test = table[["id", "path"]].head(5)
+    got = infer.predict_runs([run], test, tta="none", batch_size=2, progress=False)["tiny"]
+    from kaggle_utils.preprocess import preprocess_image
+
+    x = torch.stack([torch.from_numpy(preprocess_image(p, run.preprocess)).permute(2, 0, 1) for p in test["path"]])
+    want = infer.predict_batch(run.models, x, run.mean, run.std, "none").mean(axis=0)
+    np.testing.assert_allclose(got["pred"].to_numpy(), want, atol=1e-5)
