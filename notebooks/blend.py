@@ -40,8 +40,11 @@ from kaggle_utils import ensemble, io, report
 
 names = [Path(d).name for d in run_dirs]
 test_ids = pd.read_csv(test_csv, dtype=str)[test_id_col]
-result = ensemble.blend_runs(dict(zip(names, run_dirs, strict=True)),
-                             {n: f"{preds_dir}/{n}" for n in names}, test_ids, method=method)
+# OOF predicted with the test-time TTA (infer's oof_tta) when present, else training's validation pass
+oof_sources = {n: (f"{preds_dir}/{n}/oof.csv" if Path(f"{preds_dir}/{n}/oof.csv").is_file() else d)
+               for n, d in zip(names, run_dirs, strict=True)}
+print("OOF from", oof_sources)
+result = ensemble.blend_runs(oof_sources, {n: f"{preds_dir}/{n}" for n in names}, test_ids, method=method)
 io.write_csv(f"{out_dir}/test_blend.csv", result.test)  # the next pseudo-label round reads it
 path = ensemble.write_submission(result.submission, submission_path or f"{out_dir}/submission.csv")
 print(f"OOF QWK (blend, fitted thresholds): {result.oof_qwk:.4f}")

@@ -28,11 +28,14 @@ tta = "hflip"
 batch_size = 32
 workers = 2
 device = "auto"
+oof_tta = False  # also predict each fold's validation images with this TTA (out_dir/<run>/oof.csv) for blending
 
 # %%
+from pathlib import Path
+
 import pandas as pd
 
-from kaggle_utils import infer
+from kaggle_utils import infer, io
 
 test = infer.test_table(test_csv, test_images, ext=test_ext)
 print(f"{len(test)} test images")
@@ -41,6 +44,10 @@ print(f"{len(test)} test images")
 results = infer.infer(run_dirs, test, out_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
 for name, df in results.items():
     print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} failed")
+if oof_tta:
+    for run_dir in run_dirs:
+        oof = infer.predict_oof(run_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
+        io.write_csv(f"{out_dir}/{Path(run_dir).name}/oof.csv", oof)
 failed = pd.read_csv(f"{out_dir}/{infer.FAILED_FILE}")
 failed
 

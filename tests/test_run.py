@@ -95,3 +95,21 @@ def test_config_errors_are_clear(tmp_path):
     p.write_text("data: {csv: a, images: b}\nmodels: [{model: efficientnet-lite0}]\n")
     with pytest.raises(ValueError, match="unique 'name'"):
         run.load_config(p)
+
+
+def test_rerun_skips_finished_steps_but_redoes_everything_after_a_changed_one(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(run.Runner, "_execute", lambda self, step, params, out_nb, timeout: calls.append(step.name))
+    steps = [run.Step("a", "a", {"x": 1}), run.Step("b", "b", {"y": 1}), run.Step("c", "c", {"z": 1})]
+
+    def chain(steps):
+        runner = run.Runner(tmp_path, budget_s=60, cell_timeout_s=60, reserve_s=0)
+        for step in steps:
+            runner.run(step)
+
+    chain(steps)
+    chain(steps)
+    assert calls == ["a", "b", "c"]  # the second pass skipped all three
+    steps[1] = run.Step("b", "b", {"y": 2})
+    chain(steps)
+    assert calls == ["a", "b", "c", "b", "c"]  # b changed: b reruns, and c, which read b's outputs

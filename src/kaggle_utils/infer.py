@@ -306,3 +306,27 @@ def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: s
     results = predict_runs(runs, table, tta, batch_size, workers, seed, progress)
     write_predictions(results, out_dir)
     return results
+
+
+def predict_oof(run_dir: str | os.PathLike, tta: str = "none", batch_size: int = 32, workers: int = 2,
+                device: str = "auto", seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Each fold's model on its own validation images, through the test-time pipeline and TTA.
+
+    Training's ``oof.csv`` comes from the validation pass without TTA; thresholds and blend weights fitted on
+    it would then be applied to test predictions made with TTA. Predicting the OOF rows the way the test set
+    is predicted keeps the two on the same scale. Returns ``id, grade, pred, fold`` like ``oof.csv``.
+    """
+    from .cache import load_cache
+    from .train import load_checkpoint
+
+    run = load_run(run_dir, _device(device))
+    parts = []
+    for path, model, fold in zip(fold_checkpoints(run_dir), run.models, run.folds, strict=True):
+        oof = pd.read_csv(path.parent / "oof.csv", dtype={"id": str})
+        cache_dir = load_checkpoint(path)["config"]["cache_dir"]
+        raw = load_cache(cache_dir, check_files=False).set_index("id")["path"]
+        one = Run(run.name, run.folder, [model], [fold], run.preprocess, run.size, run.mean, run.std)
+        pred = predict_runs([one], pd.DataFrame({"id": oof["id"], "path": oof["id"].map(raw)}), tta,
+                            batch_size, workers, seed, progress)[run.name]
+        parts.append(oof.assign(pred=pred["pred"].to_numpy()))
+    return pd.concat(parts, ignore_index=True)

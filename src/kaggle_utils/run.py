@@ -138,19 +138,24 @@ class Runner:
         self.cell_timeout_s, self.reserve_s = cell_timeout_s, reserve_s
         self.log_path = workdir / LOG_FILE
         self.log: dict[str, Any] = io.read_json(self.log_path) if self.log_path.is_file() else {"steps": {}}
+        self.upstream_finished = 0.0  # when the latest step before the current one finished
 
     def remaining(self) -> float:
         return self.deadline - time.time()
 
     def _record(self, step: Step, status: str, seconds: float, output: str, error: str = "") -> None:
         self.log["steps"][step.name] = {"key": step.key(), "status": status, "seconds": round(seconds, 1),
-                                        "output": output, "error": error}
+                                        "output": output, "error": error, "finished": time.time()}
         io.write_json(self.log_path, self.log)
 
     def run(self, step: Step) -> None:
+        """Execute ``step`` unless it finished earlier with the same parameters *after* every step before
+        it in this chain (a rerun upstream step, e.g. inference with another TTA, makes the rest stale)."""
         done = self.log["steps"].get(step.name, {})
-        if done.get("status") == "ok" and done.get("key") == step.key():
+        fresh = done.get("finished", 0) >= self.upstream_finished
+        if done.get("status") == "ok" and done.get("key") == step.key() and fresh:
             print(f"[run] {step.name}: done earlier, skipped", flush=True)
+            self.upstream_finished = max(self.upstream_finished, done["finished"])
             return
         left = self.remaining()
         if left <= 0:
@@ -172,6 +177,7 @@ class Runner:
                                      f"{min(self.cell_timeout_s, left):.0f} s); see {out_nb}") from err
             raise RuntimeError(f"step {step.name!r} failed; the executed notebook is {out_nb}:\n{err}") from err
         self._record(step, "ok", time.time() - t0, str(out_nb))
+        self.upstream_finished = time.time()
 
     def _execute(self, step: Step, params: dict[str, Any], out_nb: Path, timeout: int) -> None:
         if step.kind == "pseudo":
