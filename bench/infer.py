@@ -2,8 +2,8 @@
 
 End to end: :func:`kaggle_utils.infer.predict_runs` on real photographs (``../shared/data/idrid_train``,
 1024x680 JPEGs): read, reduced-scale decode, retina crop, resize, batch, forward; TTA off. Image loading
-runs in background threads while the model computes. Forward alone: the same model, batch and number of
-images, on uint8 tensors already in memory (normalisation included, as both paths do it on the device).
+runs in background threads while the model computes. Forward alone: the same model (channels-last, as
+inference loads it), batch and number of images, on uint8 tensors already in memory (normalisation included, as both paths do it on the device).
 The two alternate for ``--rounds`` rounds (order flipped each round) so machine load hits both alike; each
 side's figure is its median round, and the ratio (last line) is the median of per-round ratios.
 
@@ -38,14 +38,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--workers", type=int, default=2, help="loader threads")
+    ap.add_argument("--workers", type=int, default=infer.default_workers(), help="loader threads")
     args = ap.parse_args()
 
     labels = pd.read_csv(Path(args.data) / "labels.csv").head(args.images)
     table = pd.DataFrame({"id": labels["id_code"],
                           "path": [str(Path(args.data) / "images" / f"{i}.jpg") for i in labels["id_code"]]})
     torch.manual_seed(0)
-    model = create_model(args.model, head="regression").eval()
+    model = create_model(args.model, head="regression").eval().to(memory_format=torch.channels_last)
     cfg = PreprocessConfig(size=args.size)
     run = infer.Run("bench", Path("."), [model], [0], cfg, args.size, tuple(model.mean), tuple(model.std))
     tensors = torch.stack([torch.from_numpy(preprocess_image(p, cfg)).permute(2, 0, 1) for p in table["path"]])

@@ -26,7 +26,7 @@ test_ext = ".png"
 out_dir = "outputs/preds"
 tta = "hflip"
 batch_size = 32
-workers = 2
+workers = None  # loader threads; None: half the cores
 device = "auto"
 oof_tta = False  # also predict each fold's validation images with this TTA (out_dir/<run>/oof.csv) for blending
 
