@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test demo recipe lint bench clean
+.PHONY: venv test demo recipe kernel lint bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 # the default CPU recipe: 5-fold CV on ../shared/data/idrid_train (about an hour on 2 cores)
 recipe: $(STAMP)
 	$(PY) -m kaggle_utils.run configs/idrid_cpu.yaml
+
+# the offline Kaggle bundle from the demo's runs, verified without network, with its run-time plan
+kernel: $(STAMP)
+	$(PY) build_kernel.py outputs/demo/runs/lite0 --out outputs/kernel_bundle --verify --plan
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench build_kernel.py notebooks/*.py

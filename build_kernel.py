@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Build the Kaggle submission bundle (dataset of wheels + fold checkpoints, offline inference kernel).
+
+    python build_kernel.py outputs/demo/runs/lite0 --out outputs/kernel_bundle --owner YOU [--verify] [--plan]
+
+All logic lives in kaggle_utils.kernel; `python build_kernel.py --help` lists the options.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # this checkout, installed or not
+
+from kaggle_utils.kernel import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

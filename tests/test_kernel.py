@@ -1,0 +1,275 @@
+"""Kaggle bundle: wheels + checkpoints + metadata, reproducible to the byte, and a kernel that runs offline."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kaggle_utils import kernel
+from kaggle_utils.kernel import BundleError, BundleSpec, VerifyError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, sample_dir):
+    """Two real EfficientNet-Lite0 folds at 64 px (one optimiser step each), saved the way training saves them."""
+    from kaggle_utils.cache import build_cache, load_cache
+    from kaggle_utils.preprocess import PreprocessConfig
+    from kaggle_utils.train import TrainConfig, train_fold
+
+    root = tmp_path_factory.mktemp("kernel_runs")
+    labels = pd.read_csv(sample_dir / "labels.csv").head(8)
+    table = pd.DataFrame({"id": labels["id_code"], "grade": labels["diagnosis"], "source": "idrid",
+                          "path": [str(sample_dir / "images" / f"{i}.jpg") for i in labels["id_code"]]})
+    build_cache(table, root / "cache", PreprocessConfig(size=64), workers=1)
+    cached = load_cache(root / "cache")
+    cached["fold"] = np.arange(len(cached)) % 2
+    for fold in (0, 1):
+        cfg = TrainConfig(out_dir=str(root / "runs" / "lite0" / f"fold{fold}"), cache_dir=str(root / "cache"),
+                          model="efficientnet-lite0", pretrained=False, size=64, epochs=1, batch_size=4,
+                          max_steps_per_epoch=1, fold=fold, num_workers=0, progress=False, augmentation="none")
+        train_fold(cfg, table=cached)
+    return root / "runs" / "lite0"
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle")
+    report = kernel.build(BundleSpec([run_dir], out, owner="tester"), progress=False)
+    return out, report
+
+
+def test_bundle_holds_exactly_what_the_kernel_needs(bundle, run_dir):
+    out, report = bundle
+    ds = out / "dataset"
+    wheels = sorted(p.name for p in (ds / "wheels").iterdir())
+    assert [kernel.wheel_name(Path(w))[0] for w in wheels] == ["efficientnet-lite-pytorch", "kaggle-utils"]
+    assert not list(ds.rglob("last.pt")) and not (ds / "weights").exists()
+    for fold in ("fold0", "fold1"):
+        for name in kernel.MODEL_FILES:
+            copied, original = ds / "models" / "lite0" / fold / name, run_dir / fold / name
+            assert copied.read_bytes() == original.read_bytes()  # checkpoints byte for byte
+    manifest = json.loads((ds / "manifest.json").read_text())
+    on_disk = sorted(p.relative_to(ds).as_posix() for p in ds.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [p for p in on_disk if p != "manifest.json"]
+    assert sorted(manifest["kernel_files"]) == ["kernel-metadata.json", "kernel.ipynb"]
+    entry = manifest["files"]["models/lite0/fold0/best.pt"]
+    assert entry["sha256"] == kernel.sha256(run_dir / "fold0" / "best.pt")
+    sizes = report["sizes"]
+    assert sizes["models"] == sum(p.stat().st_size for p in (ds / "models").rglob("*") if p.is_file())
+    assert sizes["wheels"] == sum(p.stat().st_size for p in (ds / "wheels").iterdir())
+    assert sizes["weights"] == 0 and "no ImageNet weights needed" in report["weights"]
+    # what Kaggle already has is not bundled
+    assert "torch" in report["assumed_on_kaggle_image"] and "torch" not in [w["name"] for w in report["wheels"]]
+    assert report == json.loads((out / kernel.REPORT).read_text())
+
+
+def test_two_builds_from_the_same_inputs_are_identical(bundle, run_dir, tmp_path):
+    out, _ = bundle
+    again = kernel.build(BundleSpec([run_dir], tmp_path / "again", owner="tester"), progress=False)
+    first = (out / "dataset" / "manifest.json").read_bytes()
+    assert (tmp_path / "again" / "dataset" / "manifest.json").read_bytes() == first
+    assert again["bundle_sha256"] == json.loads(first)["bundle_sha256"]
+    for path in sorted((out / "dataset").rglob("*")) + sorted((out / "kernel").rglob("*")):
+        if path.is_file():
+            assert (tmp_path / "again" / path.relative_to(out)).read_bytes() == path.read_bytes(), path
+    own = next((out / "dataset" / "wheels").glob("kaggle_utils-*.whl"))
+    with zipfile.ZipFile(own) as z:
+        infos = z.infolist()
+    assert {i.date_time for i in infos} == {kernel.ZIP_DATE}
+    assert infos[-1].filename.endswith(".dist-info/RECORD")
+    assert any(i.filename == "kaggle_utils/kernel.py" for i in infos)
+
+
+def test_metadata_files_pass_the_kaggle_api_rules(bundle):
+    out, _ = bundle
+    dmeta = json.loads((out / "dataset" / "dataset-metadata.json").read_text())
+    kmeta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+    assert kernel.validate_dataset_metadata(dmeta, out / "dataset") == []
+    assert kernel.validate_kernel_metadata(kmeta, out / "kernel") == []
+    assert dmeta["id"] == "tester/kaggle-utils-aptos-models" and dmeta["licenses"] == [{"name": "CC0-1.0"}]
+    assert kmeta["dataset_sources"] == [dmeta["id"]]
+    assert kmeta["competition_sources"] == ["aptos2019-blindness-detection"] and kmeta["kernel_sources"] == []
+    assert (kmeta["kernel_type"], kmeta["language"], kmeta["code_file"]) == ("notebook", "python", "kernel.ipynb")
+    assert kmeta["is_private"] is True and kmeta["enable_gpu"] is True and kmeta["enable_internet"] is False
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"id": "tester/abc"}, "between 6 and 50"),
+    ({"id": "tester/" + "a" * 51}, "between 6 and 50"),
+    ({"id": "tester/Has_Caps"}, "lowercase"),
+    ({"id": "no-owner-slug"}, "owner/dataset-slug"),
+    ({"title": "short"}, "title"),
+    ({"title": "x" * 51}, "title"),
+    ({"licenses": [{"name": "CC0-1.0"}, {"name": "CC-BY-4.0"}]}, "exactly one"),
+    ({"licenses": [{"name": "WTFPL"}]}, "not one of Kaggle's"),
+    ({"subtitle": "too short"}, "subtitle"),
+])
+def test_dataset_metadata_rules_catch_mistakes(change, problem):
+    good = {"title": "kaggle_utils models", "id": "me/kaggle-utils-models", "licenses": [{"name": "CC0-1.0"}]}
+    assert kernel.validate_dataset_metadata(good) == []
+    problems = kernel.validate_dataset_metadata({**good, **change})
+    assert any(problem in p for p in problems), problems
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"id": "me/abcd", "title": "abcd ok"}, "at least five"),
+    ({"title": "Abc"}, "at least five"),
+    ({"title": "Another title entirely"}, "resolves to slug"),
+    ({"kernel_type": "kernel"}, "kernel_type"),
+    ({"language": "julia"}, "language"),
+    ({"enable_internet": True}, "enable_internet must be false"),
+    ({"is_private": "true"}, "is_private must be true/false"),
+    ({"dataset_sources": ["just-a-slug"]}, "dataset source"),
+    ({"code_file": "missing.ipynb"}, "does not exist"),
+])
+def test_kernel_metadata_rules_catch_mistakes(bundle, change, problem):
+    out, _ = bundle
+    good = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+    problems = kernel.validate_kernel_metadata({**good, **change}, out / "kernel")
+    assert any(problem in p for p in problems), problems
+
+
+def test_notebook_installs_only_from_the_dataset(bundle):
+    out, _ = bundle
+    nb = json.loads((out / "kernel" / "kernel.ipynb").read_text())
+    first = nb["cells"][0]
+    assert first["cell_type"] == "code"
+    assert '"--no-index", "--find-links", f"{KAGGLE_INPUT}/{DATASET}/wheels"' in first["source"]
+    assert 'DATASET = "kaggle-utils-aptos-models"' in first["source"]
+    assert 'PACKAGES = ["kaggle_utils", "efficientnet-lite-pytorch"]' in first["source"]
+    params = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(params) == 1
+    assert 'models_dir = "/kaggle/input/kaggle-utils-aptos-models/models"' in params[0]["source"]
+    assert 'test_images = "/kaggle/input/aptos2019-blindness-detection/test_images"' in params[0]["source"]
+    assert all(c.get("outputs", []) == [] for c in nb["cells"])
+    # the repo's paired notebook is in sync with its jupytext source
+    import jupytext
+
+    paired = json.loads((kernel.NOTEBOOK.with_suffix(".ipynb")).read_text())
+    source = jupytext.read(kernel.NOTEBOOK)
+    assert ["".join(c["source"]) for c in paired["cells"]] == [c.source for c in source.cells]
+
+
+def test_verify_runs_the_kernel_offline_in_a_fresh_venv(bundle):
+    out, _ = bundle
+    report = kernel.verify(out, progress=False)
+    assert report.ok and report.network in ("unshare -n", "sitecustomize")
+    assert report.installed_from_bundle == ["efficientnet-lite-pytorch", "kaggle-utils"]
+    assert "torch" in report.linked and "kaggle-utils" not in report.linked
+    test = pd.read_csv(Path(report.root) / "kaggle" / "input" / kernel.COMPETITION / "test.csv", dtype=str)
+    sub = pd.read_csv(report.submission, dtype={"id_code": str})
+    assert sub["id_code"].tolist() == test["id_code"].tolist() and len(sub) == report.n_images >= 3
+    assert sub["diagnosis"].between(0, 4).all()
+    assert (Path(report.root) / "kaggle" / "input" / "kaggle-utils-aptos-models" / "wheels").is_dir()
+
+
+def test_verify_names_a_missing_wheel(bundle, tmp_path):
+    out, _ = bundle
+    broken = tmp_path / "broken"
+    shutil.copytree(out / "dataset", broken / "dataset", copy_function=os.link)
+    shutil.copytree(out / "kernel", broken / "kernel")
+    wheel = next((broken / "dataset" / "wheels").glob("efficientnet_lite_pytorch-*.whl"))
+    wheel.unlink()
+    with pytest.raises(VerifyError, match=f"wheels/{wheel.name} is listed in the manifest but missing") as err:
+        kernel.verify(broken, progress=False)
+    assert err.value.step == "manifest"
+    kernel.write_manifest(broken)  # as if the bundle had been built without it
+    with pytest.raises(VerifyError, match="wheel for efficientnet-lite-pytorch is missing from the bundle") as err:
+        kernel.verify(broken, progress=False)
+    assert err.value.step == "kernel run"
+
+
+def test_socket_guard_blocks_the_network_but_not_loopback(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(kernel.BLOCK_SOCKETS)
+    code = ("import socket\nsrv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
+            "socket.create_connection(srv.getsockname(), timeout=2).close(); print('loopback ok')\n"
+            + kernel.PROBE)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.splitlines()[0] == "loopback ok" and out.splitlines()[1].startswith("blocked")
+
+
+def test_dependency_closure_follows_undeclared_imports_and_stops_at_the_image():
+    image, _ = kernel.image_distributions(kernel.read_image_list())
+    need, missing = kernel.closure(["pretrainedmodels"], stop=image)
+    bundled = {n for n in need if n not in image}
+    assert bundled == {"pretrainedmodels", "munch", "six"} and missing == []
+    assert need["six"] == "pretrainedmodels"  # imported but never declared
+    assert {"torch", "torchvision", "tqdm"} <= set(need) and "sympy" not in need  # image deps are its business
+
+
+def test_a_model_registered_outside_the_package_is_refused(tmp_path):
+    fold = tmp_path / "tiny" / "fold0"
+    fold.mkdir(parents=True)
+    for name in kernel.MODEL_FILES:
+        (fold / name).write_text("{}")
+    (fold / "config.json").write_text(json.dumps({"model": "efficientnet-lite0"}))
+    assert kernel.inspect_run(tmp_path / "tiny").package == "efficientnet-lite-pytorch"
+    from train_helpers import register_tiny_model
+
+    (fold / "config.json").write_text(json.dumps({"model": register_tiny_model()}))
+    with pytest.raises(BundleError, match="register it inside kaggle_utils"):
+        kernel.inspect_run(tmp_path / "tiny")
+    (fold / "oof.csv").unlink()
+    with pytest.raises(BundleError, match=r"missing \['oof.csv'\]"):
+        kernel.inspect_run(tmp_path / "tiny")
+
+
+def test_build_refuses_bad_names_and_foreign_folders(run_dir, tmp_path):
+    with pytest.raises(BundleError, match="between 6 and 50"):
+        kernel.build(BundleSpec([run_dir], tmp_path / "a", owner="me", dataset_slug="abc"), progress=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep")
+    with pytest.raises(BundleError, match="not a kernel bundle"):
+        kernel.build(BundleSpec([run_dir], tmp_path / "mine", owner="me"), progress=False)
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep"
+
+
+def test_wheel_normalisation_ignores_timestamps(tmp_path):
+    def make(path, when):
+        with zipfile.ZipFile(path, "w") as z:
+            for name in ("pkg-1.0.dist-info/RECORD", "pkg/__init__.py", "pkg-1.0.dist-info/METADATA"):
+                z.writestr(zipfile.ZipInfo(name, date_time=when), name)
+
+    make(tmp_path / "a.whl", (2024, 5, 6, 7, 8, 10))
+    make(tmp_path / "b.whl", (2025, 1, 2, 3, 4, 6))
+    a = kernel.normalize_wheel(tmp_path / "a.whl", tmp_path / "out" / "a.whl")
+    b = kernel.normalize_wheel(tmp_path / "b.whl", tmp_path / "out" / "b.whl")
+    assert a.read_bytes() == b.read_bytes()
+    assert [i.filename for i in zipfile.ZipFile(a).infolist()][-1] == "pkg-1.0.dist-info/RECORD"
+
+
+def test_vendored_wheels_install_on_kaggle():
+    for name, version in [("efficientnet-lite-pytorch", "0.1.0"), ("efficientnet-pytorch", "0.7.1"),
+                          ("pretrainedmodels", "0.7.4"), ("munch", "4.0.0"), ("six", "1.17.0")]:
+        assert kernel.cached_wheel(name, version) is not None, f"wheels/ lacks {name}=={version}"
+    assert kernel.kaggle_compatible({"cp311-cp311-manylinux_2_17_x86_64"})
+    assert not kernel.kaggle_compatible({"cp312-cp312-manylinux_2_17_x86_64", "py3-none-win_amd64"})
+
+
+def test_plan_measures_scales_and_warns(run_dir, sample_dir, capsys):
+    images = sorted((sample_dir / "images").glob("*.jpg"))[:2]
+    p, table = kernel.plan([run_dir], n_images=13_000, images=images)
+    row = p["rows"][0]
+    assert row["gflop"] > 0 and row["cpu_img_s"] > 0 and row["folds"] == 2 and row["size"] == 64
+    assert row["passes"] == 13_000 * 2 * 2  # images x folds x hflip views
+    assert p["total_s"] == pytest.approx(max(p["gpu_s"], p["cpu_s"]) + sum(p["overheads"].values()))
+    assert "GPU comparison: not possible" in table and "4 vCPUs" in table and "ESTIMATE" in table
+    measured = [kernel.RunMeasure(**{k: row[k] for k in ("name", "model", "size", "folds", "gflop", "cpu_img_s",
+                                                          "load_s", "recipe")})]
+    tight = kernel.estimate(measured, preprocess_s=1.0, n_images=200_000, budget_h=9.0)
+    assert not tight["fits"] and "WARNING" in kernel.format_plan(tight)
+    t4 = kernel.estimate(measured, preprocess_s=1e-4, gpu="t4", fraction=0.5)
+    assert t4["gpu_s"] < p["gpu_s"]
+    assert kernel.main([str(run_dir), "--no-build", "--plan", "--images", "1000",
+                        "--plan-images", str(sample_dir / "images")]) == 0
+    assert "Kernel run-time plan: 1,000 test images" in capsys.readouterr().out
