@@ -176,7 +176,7 @@ class Runner:
                 raise BudgetExceeded(f"step {step.name!r} ran out of time (cell timeout "
                                      f"{min(self.cell_timeout_s, left):.0f} s); see {out_nb}") from err
             raise RuntimeError(f"step {step.name!r} failed; the executed notebook is {out_nb}:\n{err}") from err
-        self._record(step, "ok", time.time() - t0, str(out_nb))
+        self._record(step, "ok", time.time() - t0, str(out_nb) if step.kind == "notebook" else params["out_csv"])
         self.upstream_finished = time.time()
 
     def _execute(self, step: Step, params: dict[str, Any], out_nb: Path, timeout: int) -> None:
