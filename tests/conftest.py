@@ -26,3 +26,14 @@ def raw_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_model_registry():
+    """Models a test module registers (the tiny test CNN) leave with it: registry tests see only the zoo."""
+    from kaggle_utils.models import registry
+
+    before = set(registry.list_models())  # also loads the built-in zoo, which registers lazily
+    yield
+    for name in set(registry._REGISTRY) - before:
+        del registry._REGISTRY[name]

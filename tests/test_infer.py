@@ -58,10 +58,7 @@ def tiny_run(tmp_path_factory, sample_dir):
                           model="tiny-cnn-test", size=64, epochs=1, batch_size=4, fold=fold, num_workers=0,
                           progress=False, augmentation="none")
         train_fold(cfg, table=cached)
-    yield root / "runs" / "tiny", table
-    from kaggle_utils.models import registry
-
-    registry._REGISTRY.pop("tiny-cnn-test", None)  # later tests check the registry lists exactly the zoo
+    return root / "runs" / "tiny", table
 
 
 def test_unreadable_test_images_get_a_row_and_a_reason(tiny_run, tmp_path):
