@@ -94,8 +94,8 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", nam
     models, folds, thresholds, recipes = [], [], [], []
     for path in paths:
         ck = load_checkpoint(path)
-        size = int((ck.get("config") or {}).get("size") or checkpoint_preprocess(ck, path).size)
-        recipes.append((checkpoint_preprocess(ck, path), size))
+        recipe = checkpoint_preprocess(ck, path)
+        recipes.append((recipe, int((ck.get("config") or {}).get("size") or recipe.size)))
         model = load_model(path, device=device).to(memory_format=torch.channels_last)
         models.append(model)
         folds.append(int((ck.get("config") or {}).get("fold", _fold_number(path.parent.name))))
