@@ -2,9 +2,10 @@
 
 Naive (what APTOS kernels do): ``cv2.imread`` at full size, BGR->RGB, gray threshold crop
 ``img[mask.any(1)][:, mask.any(0)]`` (tol 7), ``cv2.resize`` to 512x512.
-Project: ``read_image(path, 512)`` (libjpeg reduced-scale decode where the short side allows) +
-``crop_retina`` + ``resize_square(512)``. Both single-threaded (``cv2.setNumThreads(1)``), same process,
-interleaved per file so machine noise hits both alike; the best of ``--repeats`` runs counts per file.
+Project: ``read_image(path, 512)`` (libjpeg reduced-scale decode where the short side allows; plain PNGs
+through imagecodecs' libpng + zlib-ng when installed, pixel-identical to OpenCV) + ``crop_retina`` +
+``resize_square(512)``. Both single-threaded (``cv2.setNumThreads(1)``), same process, interleaved per file
+so machine noise hits both alike; the best of ``--repeats`` runs counts per file.
 
 Reduced decode only exists for JPEG, so the ratio depends on the file mix: the 10 IDRiD 4288x2848 JPEGs gain
 most, the APTOS PNGs (whose full decode dominates both paths) least. The report gives JPEG, PNG/TIFF and
@@ -26,6 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kaggle_utils import preprocess  # noqa: E402
 from kaggle_utils.preprocess import crop_retina, read_image, resize_square  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +69,12 @@ def main() -> None:
     for path in files:  # warm the page cache and both code paths
         naive(path, args.size), project(path, args.size)
 
+    if preprocess._png_decode is None:
+        print("project PNG decoder: OpenCV (imagecodecs is not installed)")
+    else:
+        import imagecodecs
+
+        print(f"project PNG decoder: imagecodecs {imagecodecs.__version__} (libpng + zlib-ng); naive: cv2.imread")
     rows = []
     print(f"{'file':32s} {'size':>10s} {'naive ms':>9s} {'project ms':>10s} {'ratio':>6s}")
     for path in files:

@@ -37,6 +37,15 @@ def test_item_is_normalised_chw_float_of_the_rgb_image(table):
     assert y.dtype == torch.float32 and float(y) == table["grade"][3]
 
 
+def test_unreadable_cache_file_names_the_file_and_the_fix(table, tmp_path):
+    good = Path(table["path"][0]).read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    for name, reason in (("cut.png", "corrupt"), ("gone.png", "file not found")):
+        with pytest.raises(ValueError, match=reason) as info:
+            read_rgb(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value) and "rebuild the cache" in str(info.value)
+
+
 @pytest.mark.parametrize(("head", "shape", "dtype"), [
     ("regression", (), torch.float32), ("ordinal", (4,), torch.float32), ("classification", (), torch.int64)])
 def test_targets_follow_the_head(table, head, shape, dtype):

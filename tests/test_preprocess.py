@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import shutil
 import subprocess
@@ -149,6 +150,84 @@ def test_bad_files_raise_image_read_error_with_reason(tmp_path: Path, raw_dir: P
 def test_jpeg_with_bytes_after_end_marker_is_fine(tmp_path: Path, raw_dir: Path) -> None:
     (tmp_path / "padded.jpg").write_bytes((raw_dir / "chase_Image_10L.jpg").read_bytes() + b"\x00" * 300)
     assert P.read_image(tmp_path / "padded.jpg").shape == (960, 999, 3)
+
+
+# ------------------------------------------------------------------------------------------- PNG decoding
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def _pillow_png(img: np.ndarray, mode: str, **save: object) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(img).convert(mode).save(out, format="PNG", **save)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def patch(idrid: np.ndarray) -> np.ndarray:
+    """A 240x320 RGB piece of a real photograph holding retina and black border."""
+    return np.ascontiguousarray(idrid[200:440, 60:380])
+
+
+def test_imagecodecs_png_path_is_pixel_identical_to_opencv(
+    patch: np.ndarray, raw_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert P._png_decode is not None, "imagecodecs is pinned in requirements.txt; the fast PNG path is missing"
+    bgr = cv2.cvtColor(patch, cv2.COLOR_RGB2BGR)
+    bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    bgra[..., 3] = np.linspace(0, 255, bgra.shape[1]).astype(np.uint8)  # every alpha level
+    flavours = {
+        "gray8": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY),
+        "gray16": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257 + 3,
+        "rgb8": bgr,
+        "rgb16": bgr.astype(np.uint16) * 251,
+        "rgba8": bgra,
+        "rgba16": bgra.astype(np.uint16) * 257,
+    }
+    encoded = {name: _png(img) for name, img in flavours.items()}
+    encoded |= {p.name: p.read_bytes() for p in raw_files if p.suffix == ".png"}  # the real APTOS PNGs
+    assert len(encoded) == 9
+    fast = {}
+    for name, data in encoded.items():
+        assert P._decode_png_fast(data) is not None, f"{name} should take the imagecodecs path"
+        fast[name] = P.decode_image(data, name=name)
+    monkeypatch.setattr(P, "_png_decode", None)
+    for name, data in encoded.items():
+        assert P._decode_png_fast(data) is None
+        slow = P.decode_image(data, name=name)
+        assert fast[name].dtype == slow.dtype == np.uint8 and fast[name].shape == slow.shape, name
+        assert np.array_equal(fast[name], slow), name
+    assert np.array_equal(fast["rgb8"], patch)
+
+
+def test_rarer_png_flavours_and_corrupt_pngs_go_to_opencv(patch: np.ndarray, raw_dir: Path) -> None:
+    fallback = {
+        "palette": _pillow_png(patch, "P"),
+        "gray+alpha": _pillow_png(patch, "LA"),
+        "1-bit": _pillow_png(patch, "1"),
+        "rgb+tRNS": _pillow_png(patch, "RGB", transparency=(0, 0, 0)),
+    }
+    from PIL import Image
+
+    for name, data in fallback.items():
+        assert P._decode_png_fast(data) is None, name
+        img = P.decode_image(data, name=name)
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # transparent pixels are black
+        assert img.dtype == np.uint8 and np.array_equal(img, expected), name
+
+    good = (raw_dir / "aptos_1ae3c58759fb.png").read_bytes()
+    flipped = bytearray(good)
+    flipped[good.find(b"IDAT") + 5000] ^= 0xFF  # CRC mismatch inside the image data
+    for data in (good[:5000], good[: len(good) // 2], bytes(flipped)):
+        assert P._decode_png_fast(data) is None
+        with pytest.raises(P.ImageReadError, match="corrupt PNG"):
+            P.decode_image(data)
 
 
 # -------------------------------------------------------------------------------------------- retina crop

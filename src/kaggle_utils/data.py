@@ -19,6 +19,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .preprocess import ImageReadError, read_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_RATES = (1.0, 2.0, 2.0, 2.0, 2.0)
@@ -38,11 +40,10 @@ def read_rgb(path: str | Path) -> np.ndarray:
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         return np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        reason = "file missing" if not path.exists() else "not a decodable image"
-        raise ValueError(f"cannot read image {path} ({reason}); rebuild the cache or drop the row")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        return read_image(path)  # the cache's PNGs take the fast PNG decoder too
+    except ImageReadError as err:
+        raise ValueError(f"cannot read image {path} ({err.reason}); rebuild the cache or drop the row") from None
 
 
 def _resize(image: np.ndarray, size: int | None) -> np.ndarray:

@@ -1109,11 +1109,14 @@ def measure_run(run_dir: str | os.PathLike, batch: int = 8, repeats: int = 3) ->
     return RunMeasure(Path(run_dir).name, str(cfg.get("model")), size, len(paths), gflop, cpu, load_s, key)
 
 
-def measure_preprocess(run_dir: str | os.PathLike, images: Sequence[Path], repeats: int = 2) -> float:
+def measure_preprocess(run_dir: str | os.PathLike, images: Sequence[Path], repeats: int = 2,
+                       fast_png: bool = True) -> float:
     """Seconds per image, one thread, for exactly what the kernel does per image (decode, recipe, resize):
-    the mean over images of each image's best of ``repeats``."""
+    the mean over images of each image's best of ``repeats``. ``fast_png=False`` times OpenCV's PNG decode,
+    as on an image without imagecodecs."""
     import cv2
 
+    from . import preprocess
     from .infer import _load, checkpoint_preprocess, fold_checkpoints
     from .train import load_checkpoint
 
@@ -1121,8 +1124,9 @@ def measure_preprocess(run_dir: str | os.PathLike, images: Sequence[Path], repea
     ck = load_checkpoint(path)
     recipe = checkpoint_preprocess(ck, path)
     size = int((ck.get("config") or {}).get("size") or recipe.size)
-    threads = cv2.getNumThreads()
+    threads, png_decode = cv2.getNumThreads(), preprocess._png_decode
     cv2.setNumThreads(1)
+    preprocess._png_decode = png_decode if fast_png else None
     try:
         _load(str(images[0]), recipe, size)  # warm-up
         best = []
@@ -1138,6 +1142,7 @@ def measure_preprocess(run_dir: str | os.PathLike, images: Sequence[Path], repea
         return sum(best) / len(best)
     finally:
         cv2.setNumThreads(threads)
+        preprocess._png_decode = png_decode
 
 
 def plan_images() -> list[Path]:
@@ -1220,9 +1225,12 @@ def plan(run_dirs: Sequence[str | os.PathLike], n_images: int = 13_000, tta: str
     if not chosen:
         raise BundleError("no images to time preprocessing on; pass --plan-images DIR")
     runs = [measure_run(d) for d in run_dirs]
-    pre = max(measure_preprocess(d, chosen) for d in run_dirs)
+    # The bundle leaves imagecodecs out (an optional extra): time PNGs the way the kernel will decode them.
+    fast_png = "imagecodecs" in image_distributions(read_image_list(IMAGE_LIST))[0]
+    pre = max(measure_preprocess(d, chosen, fast_png=fast_png) for d in run_dirs)
     kinds = sorted({p.suffix.lstrip(".").upper() for p in chosen})
-    note = f", {len(chosen)} real {'/'.join(kinds)} images from {chosen[0].parent.name}/"
+    decoder = "imagecodecs" if fast_png else "OpenCV, as the image lacks imagecodecs"
+    note = f", {len(chosen)} real {'/'.join(kinds)} images from {chosen[0].parent.name}/, PNG decoder {decoder}"
     p = estimate(runs, pre, n_images, tta, gpu, fraction, budget_h)
     return p, format_plan(p, note)
 

@@ -26,6 +26,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+try:  # optional (requirements.txt pins it): libpng + zlib-ng, ~1.6x faster than OpenCV's PNG decode
+    from imagecodecs import png_decode as _png_decode
+except ImportError:  # e.g. a Kaggle image without it: OpenCV decodes every PNG, same pixels
+    _png_decode = None
+
 __all__ = [
     "ImageReadError",
     "PreprocessConfig",
@@ -141,8 +146,31 @@ def _reduction(height: int, width: int, target_size: int | None) -> int:
     return 1
 
 
-def _to_rgb8(img: np.ndarray, name: str | os.PathLike) -> np.ndarray:
-    """OpenCV's decode (BGR/BGRA/gray, 8/16-bit/float) -> RGB uint8; alpha is composited on black."""
+def _decode_png_fast(data: bytes) -> np.ndarray | None:
+    """Plain PNGs (8/16-bit gray, RGB or RGBA; not interlaced; no tRNS) via imagecodecs, as RGB(A)/gray.
+
+    APTOS images are 3216x2136 PNGs whose decode is nearly all of their preprocessing time: OpenCV's wheel
+    inflates with zlib 1.2.11, imagecodecs' libpng with zlib-ng (and it releases the GIL, so threaded loaders
+    still overlap). Pixel-identical to OpenCV (tested). None means "let OpenCV do it": imagecodecs missing,
+    a rarer PNG flavour, or a decode error (OpenCV then reports the file the usual way).
+    """
+    if _png_decode is None or len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    depth, colour, interlace = data[24], data[25], data[28]
+    if depth not in (8, 16) or colour not in (0, 2, 6) or interlace:
+        return None
+    idat = data.find(b"IDAT", 33)
+    if idat < 0 or (colour != 6 and data.find(b"tRNS", 33, idat) >= 0):
+        return None
+    try:
+        return _png_decode(data)
+    except Exception:  # noqa: BLE001 - any failure: fall back to OpenCV and its error reporting
+        return None
+
+
+def _to_rgb8(img: np.ndarray, name: str | os.PathLike, order: str = "bgr") -> np.ndarray:
+    """A decoded image (BGR/BGRA as OpenCV gives, RGB/RGBA with ``order="rgb"``, or gray; 8/16-bit/float)
+    -> RGB uint8; alpha is composited on black."""
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.dtype == np.uint16:
@@ -157,14 +185,15 @@ def _to_rgb8(img: np.ndarray, name: str | os.PathLike) -> np.ndarray:
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     channels = img.shape[2]
+    rgb_in = order == "rgb"
     if channels == 4:
         alpha = img[:, :, 3]
+        rgb = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB if rgb_in else cv2.COLOR_BGRA2RGB)
         if int(alpha.min()) == 255:
-            return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-        rgb = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+            return rgb
         return cv2.multiply(rgb, cv2.merge([alpha, alpha, alpha]), scale=1.0 / 255.0)
     if channels == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return np.ascontiguousarray(img) if rgb_in else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     raise ImageReadError(name, f"unsupported number of channels: {channels}")
 
 
@@ -183,6 +212,8 @@ def decode_image(
             size = _jpeg_size(data)
             factor = _reduction(*size, target_size) if size else 1
             img = cv2.imdecode(buf, _REDUCED_FLAGS[factor])
+        elif kind == "png" and (fast := _decode_png_fast(data)) is not None:
+            return _to_rgb8(fast, name, order="rgb")
         else:
             img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
@@ -200,6 +231,8 @@ def read_image(path: str | os.PathLike, target_size: int | None = None) -> np.nd
     Bytes are read in Python and decoded with ``cv2.imdecode`` (unicode paths work). With ``target_size``,
     JPEGs are decoded at 1/2, 1/4 or 1/8 scale inside libjpeg when the reduced short side stays
     >= ``target_size`` (about 5x faster for 4288x2848 originals; other formats decode at full size).
+    Plain PNGs go through imagecodecs when it is installed (same pixels, ~1.6x faster; see
+    :func:`_decode_png_fast`).
     Grayscale -> 3 channels, RGBA -> composited on black, 16-bit/float -> 8-bit.
     Raises :class:`ImageReadError` for missing, empty, truncated, corrupt or non-image files.
     """
@@ -230,8 +263,11 @@ def retina_bbox(img: np.ndarray, tol: float = 7, work_size: int = 256) -> BBox |
     """
     h, w = img.shape[:2]
     step = max(1, max(h, w) // work_size)
-    small = np.ascontiguousarray(img[::step, ::step])
-    gray = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    if img.ndim == 2:
+        gray = np.ascontiguousarray(img[::step, ::step])
+    else:  # numpy copies one strided channel ~5x faster than a strided (h, w, 3) block
+        small = cv2.merge([np.ascontiguousarray(img[::step, ::step, c]) for c in range(img.shape[2])])
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if small.ndim == 3 else small
     gray = cv2.medianBlur(gray, 3)
     ring = np.concatenate([gray[:2].ravel(), gray[-2:].ravel(), gray[:, :2].ravel(), gray[:, -2:].ravel()])
     dark = ring[ring < 40]
