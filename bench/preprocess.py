@@ -69,12 +69,7 @@ def main() -> None:
     for path in files:  # warm the page cache and both code paths
         naive(path, args.size), project(path, args.size)
 
-    if preprocess._png_decode is None:
-        print("project PNG decoder: OpenCV (imagecodecs is not installed)")
-    else:
-        import imagecodecs
-
-        print(f"project PNG decoder: imagecodecs {imagecodecs.__version__} (libpng + zlib-ng); naive: cv2.imread")
+    print(f"PNG decoder: project {preprocess.png_decoder()}, naive cv2.imread")
     rows = []
     print(f"{'file':32s} {'size':>10s} {'naive ms':>9s} {'project ms':>10s} {'ratio':>6s}")
     for path in files:

@@ -265,7 +265,7 @@ def test_plan_measures_scales_and_warns(run_dir, sample_dir, capsys):
     assert p["total_s"] == pytest.approx(max(p["gpu_s"], p["cpu_s"]) + sum(p["overheads"].values()))
     assert "GPU comparison: not possible" in table and "4 vCPUs" in table and "ESTIMATE" in table
     assert "PNG decoder OpenCV, as the image lacks imagecodecs" in table  # timed as the kernel will decode
-    assert preprocess._png_decode is not None  # the fast decoder is back after timing
+    assert preprocess.png_decoder().startswith("imagecodecs")  # the fast decoder is back after timing
     measured = [kernel.RunMeasure(**{k: row[k] for k in ("name", "model", "size", "folds", "gflop", "cpu_img_s",
                                                           "load_s", "recipe")})]
     tight = kernel.estimate(measured, preprocess_s=1.0, n_images=200_000, budget_h=9.0)

@@ -175,10 +175,8 @@ def patch(idrid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(idrid[200:440, 60:380])
 
 
-def test_imagecodecs_png_path_is_pixel_identical_to_opencv(
-    patch: np.ndarray, raw_files: list[Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert P._png_decode is not None, "imagecodecs is pinned in requirements.txt; the fast PNG path is missing"
+def test_imagecodecs_png_path_is_pixel_identical_to_opencv(patch: np.ndarray, raw_files: list[Path]) -> None:
+    assert P.png_decoder().startswith("imagecodecs"), "imagecodecs is pinned in requirements.txt"
     bgr = cv2.cvtColor(patch, cv2.COLOR_RGB2BGR)
     bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
     bgra[..., 3] = np.linspace(0, 255, bgra.shape[1]).astype(np.uint8)  # every alpha level
@@ -197,12 +195,14 @@ def test_imagecodecs_png_path_is_pixel_identical_to_opencv(
     for name, data in encoded.items():
         assert P._decode_png_fast(data) is not None, f"{name} should take the imagecodecs path"
         fast[name] = P.decode_image(data, name=name)
-    monkeypatch.setattr(P, "_png_decode", None)
-    for name, data in encoded.items():
-        assert P._decode_png_fast(data) is None
-        slow = P.decode_image(data, name=name)
-        assert fast[name].dtype == slow.dtype == np.uint8 and fast[name].shape == slow.shape, name
-        assert np.array_equal(fast[name], slow), name
+    with P.opencv_png():
+        assert P.png_decoder() == "OpenCV"
+        for name, data in encoded.items():
+            assert P._decode_png_fast(data) is None
+            slow = P.decode_image(data, name=name)
+            assert fast[name].dtype == slow.dtype == np.uint8 and fast[name].shape == slow.shape, name
+            assert np.array_equal(fast[name], slow), name
+    assert P.png_decoder().startswith("imagecodecs")  # restored after the block
     assert np.array_equal(fast["rgb8"], patch)
 
 

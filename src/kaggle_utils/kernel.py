@@ -30,6 +30,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata as md
@@ -1124,25 +1125,25 @@ def measure_preprocess(run_dir: str | os.PathLike, images: Sequence[Path], repea
     ck = load_checkpoint(path)
     recipe = checkpoint_preprocess(ck, path)
     size = int((ck.get("config") or {}).get("size") or recipe.size)
-    threads, png_decode = cv2.getNumThreads(), preprocess._png_decode
+    threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    preprocess._png_decode = png_decode if fast_png else None
+    decoding = contextlib.nullcontext() if fast_png else preprocess.opencv_png()
     try:
-        _load(str(images[0]), recipe, size)  # warm-up
-        best = []
-        for p in images:
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                img, why = _load(str(p), recipe, size)
-                times.append(time.perf_counter() - t)
-                if img is None:
-                    raise BundleError(f"cannot time preprocessing: {p} failed to load ({why})")
-            best.append(min(times))
-        return sum(best) / len(best)
+        with decoding:
+            _load(str(images[0]), recipe, size)  # warm-up
+            best = []
+            for p in images:
+                times = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    img, why = _load(str(p), recipe, size)
+                    times.append(time.perf_counter() - t)
+                    if img is None:
+                        raise BundleError(f"cannot time preprocessing: {p} failed to load ({why})")
+                best.append(min(times))
+            return sum(best) / len(best)
     finally:
         cv2.setNumThreads(threads)
-        preprocess._png_decode = png_decode
 
 
 def plan_images() -> list[Path]:

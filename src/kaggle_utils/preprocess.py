@@ -16,10 +16,11 @@ Command line: ``python -m kaggle_utils.preprocess --source aptos --csv train.csv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = [
     "PreprocessConfig",
     "read_image",
     "decode_image",
+    "png_decoder",
+    "opencv_png",
     "retina_bbox",
     "retina_circle",
     "crop_retina",
@@ -168,6 +171,26 @@ def _decode_png_fast(data: bytes) -> np.ndarray | None:
         return None
 
 
+def png_decoder() -> str:
+    """Which library decodes plain PNGs here (benchmarks and plans print it)."""
+    if _png_decode is None:
+        return "OpenCV"
+    import imagecodecs
+
+    return f"imagecodecs {imagecodecs.__version__}"
+
+
+@contextlib.contextmanager
+def opencv_png() -> Iterator[None]:
+    """Decode every PNG with OpenCV inside the block, as where imagecodecs is missing (e.g. for timings)."""
+    global _png_decode
+    saved, _png_decode = _png_decode, None
+    try:
+        yield
+    finally:
+        _png_decode = saved
+
+
 def _to_rgb8(img: np.ndarray, name: str | os.PathLike, order: str = "bgr") -> np.ndarray:
     """A decoded image (BGR/BGRA as OpenCV gives, RGB/RGBA with ``order="rgb"``, or gray; 8/16-bit/float)
     -> RGB uint8; alpha is composited on black."""
@@ -256,7 +279,7 @@ BBox = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 def retina_bbox(img: np.ndarray, tol: float = 7, work_size: int = 256) -> BBox | None:
     """Bounding box (x0, y0, x1, y1) of the retina, or None when there is no bright region.
 
-    Works on a ~``work_size`` px strided subsample (~0.5 ms even at 4288x2848), median-filtered so isolated
+    Works on a ~``work_size`` px strided subsample (~1 ms at any resolution), median-filtered so isolated
     JPEG noise in the black border cannot widen the box. The threshold is ``tol`` above the border's own black level (DRIVE's border is ~8, not 0).
     Only the large connected bright regions count, so text labels and specks are ignored; the box is then
     grown by one work pixel on each side, so it never cuts into the retina.
