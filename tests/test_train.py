@@ -133,6 +133,9 @@ def test_deadline_mid_epoch_stops_cleanly_and_resumes(reference, tiny_table, tmp
         with torch.no_grad():
             grades = model.decode(model(x))
         assert grades.shape == (2,) and torch.isfinite(grades).all() and not model.training
+    from_dict = load_model(ck)  # a checkpoint already read rebuilds the same model without reading again
+    with torch.no_grad():
+        assert torch.equal(from_dict(x), load_model(out / "last.pt")(x))
     assert len(pd.read_csv(out / "oof.csv")) == 10 and result["best_epoch"] == 1
 
     offset["s"] = 0.0

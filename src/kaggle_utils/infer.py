@@ -96,7 +96,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", nam
         ck = load_checkpoint(path)
         recipe = checkpoint_preprocess(ck, path)
         recipes.append((recipe, int((ck.get("config") or {}).get("size") or recipe.size)))
-        model = load_model(path, device=device).to(memory_format=torch.channels_last)
+        model = load_model(ck, device=device).to(memory_format=torch.channels_last)
         models.append(model)
         folds.append(int((ck.get("config") or {}).get("fold", _fold_number(path.parent.name))))
         thresholds.append(list(getattr(model, "thresholds", [])))

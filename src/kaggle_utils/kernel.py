@@ -1081,7 +1081,7 @@ def measure_run(run_dir: str | os.PathLike, batch: int = 8, repeats: int = 3) ->
     paths = fold_checkpoints(run_dir)
     t = time.perf_counter()
     ck = load_checkpoint(paths[0])
-    model = load_model(paths[0])
+    model = load_model(ck)
     load_s = time.perf_counter() - t
     cfg = ck.get("config") or {}
     recipe = checkpoint_preprocess(ck, paths[0])

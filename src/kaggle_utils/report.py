@@ -366,6 +366,7 @@ def gradcam_for_runs(run_dirs: Sequence[PathLike], oof: pd.DataFrame, cache_dir:
     import cv2
 
     from .cache import load_cache
+    from .data import read_rgb
     from .infer import fold_checkpoints
     from .train import load_checkpoint, load_model
 
@@ -373,15 +374,14 @@ def gradcam_for_runs(run_dirs: Sequence[PathLike], oof: pd.DataFrame, cache_dir:
     col = run.name if run.name in oof.columns else None
     picks = select_examples(oof, n_per_grade, pred_col=col)
     paths = load_cache(cache_dir, check_files=False).set_index("id")["cache_path"]
-    by_fold = {int(load_checkpoint(p)["config"]["fold"]): p for p in fold_checkpoints(run)}
+    checkpoints = [load_checkpoint(p) for p in fold_checkpoints(run)]  # each file read once
+    by_fold = {int(ck["config"]["fold"]): ck for ck in checkpoints}
     examples: list[dict[str, Any]] = []
     for fold, part in picks.groupby("fold", sort=True) if "fold" in picks else [(None, picks)]:
-        ckpt = by_fold.get(int(fold)) if fold is not None else None
-        ckpt = ckpt or next(iter(by_fold.values()))
-        model = load_model(ckpt)
-        size = int(load_checkpoint(ckpt)["config"]["size"])
-        images = [cv2.resize(cv2.cvtColor(cv2.imread(paths[i]), cv2.COLOR_BGR2RGB), (size, size),
-                             interpolation=cv2.INTER_AREA) for i in part["id"]]
+        ck = by_fold.get(int(fold), checkpoints[0]) if fold is not None else checkpoints[0]
+        model = load_model(ck)
+        size = int(ck["config"]["size"])
+        images = [cv2.resize(read_rgb(paths[i]), (size, size), interpolation=cv2.INTER_AREA) for i in part["id"]]
         examples += gradcam_examples(model, images, true_grades(part["grade"]), ids=list(part["id"]))
     return sorted(examples, key=lambda e: (e["grade"], e["id"]))
 

@@ -293,11 +293,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ck
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model of a best.pt/last.pt in eval mode; ``.thresholds`` is set when the file has them."""
+def load_model(source: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model of a best.pt/last.pt in eval mode; ``.thresholds`` is set when the file has them.
+
+    ``source`` is the file or a checkpoint already read with :func:`load_checkpoint` (read each file once).
+    """
     from kaggle_utils.models import create_model
 
-    ck = load_checkpoint(path)
+    ck = source if isinstance(source, dict) else load_checkpoint(source)
     cfg = ck["config"]
     model = create_model(cfg["model"], head=cfg["head"], pool=cfg["pool"], pretrained=False)
     model.load_state_dict(ck["model"])
