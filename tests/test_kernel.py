@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import kernel, preprocess
+from kaggle_utils import kernel, kernel_plan, kernel_verify, preprocess
 from kaggle_utils.kernel import BundleError, BundleSpec, VerifyError
 
 pytestmark = pytest.mark.slow
@@ -161,7 +161,7 @@ def test_notebook_installs_only_from_the_dataset(bundle):
 
 def test_verify_runs_the_kernel_offline_in_a_fresh_venv(bundle):
     out, _ = bundle
-    report = kernel.verify(out, progress=False)
+    report = kernel_verify.verify(out, progress=False)
     assert report.ok and report.network in ("unshare -n", "sitecustomize")
     assert report.installed_from_bundle == ["efficientnet-lite-pytorch", "kaggle-utils"]
     assert "torch" in report.linked and "kaggle-utils" not in report.linked
@@ -180,19 +180,19 @@ def test_verify_names_a_missing_wheel(bundle, tmp_path):
     wheel = next((broken / "dataset" / "wheels").glob("efficientnet_lite_pytorch-*.whl"))
     wheel.unlink()
     with pytest.raises(VerifyError, match=f"wheels/{wheel.name} is listed in the manifest but missing") as err:
-        kernel.verify(broken, progress=False)
+        kernel_verify.verify(broken, progress=False)
     assert err.value.step == "manifest"
-    kernel.write_manifest(broken)  # as if the bundle had been built without it
+    kernel_verify.write_manifest(broken)  # as if the bundle had been built without it
     with pytest.raises(VerifyError, match="wheel for efficientnet-lite-pytorch is missing from the bundle") as err:
-        kernel.verify(broken, progress=False)
+        kernel_verify.verify(broken, progress=False)
     assert err.value.step == "kernel run"
 
 
 def test_socket_guard_blocks_the_network_but_not_loopback(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(kernel.BLOCK_SOCKETS)
+    (tmp_path / "sitecustomize.py").write_text(kernel_verify.BLOCK_SOCKETS)
     code = ("import socket\nsrv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
             "socket.create_connection(srv.getsockname(), timeout=2).close(); print('loopback ok')\n"
-            + kernel.PROBE)
+            + kernel_verify.PROBE)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.splitlines()[0] == "loopback ok" and out.splitlines()[1].startswith("blocked")
@@ -258,7 +258,7 @@ def test_vendored_wheels_install_on_kaggle():
 
 def test_plan_measures_scales_and_warns(run_dir, sample_dir, capsys):
     images = sorted((sample_dir / "images").glob("*.jpg"))[:2]
-    p, table = kernel.plan([run_dir], n_images=13_000, images=images)
+    p, table = kernel_plan.plan([run_dir], n_images=13_000, images=images)
     row = p["rows"][0]
     assert row["gflop"] > 0 and row["cpu_img_s"] > 0 and row["folds"] == 2 and row["size"] == 64
     assert row["passes"] == 13_000 * 2 * 2  # images x folds x hflip views
@@ -266,11 +266,11 @@ def test_plan_measures_scales_and_warns(run_dir, sample_dir, capsys):
     assert "GPU comparison: not possible" in table and "4 vCPUs" in table and "ESTIMATE" in table
     assert "PNG decoder OpenCV, as the image lacks imagecodecs" in table  # timed as the kernel will decode
     assert preprocess.png_decoder().startswith("imagecodecs")  # the fast decoder is back after timing
-    measured = [kernel.RunMeasure(**{k: row[k] for k in ("name", "model", "size", "folds", "gflop", "cpu_img_s",
+    measured = [kernel_plan.RunMeasure(**{k: row[k] for k in ("name", "model", "size", "folds", "gflop", "cpu_img_s",
                                                           "load_s", "recipe")})]
-    tight = kernel.estimate(measured, preprocess_s=1.0, n_images=200_000, budget_h=9.0)
-    assert not tight["fits"] and "WARNING" in kernel.format_plan(tight)
-    t4 = kernel.estimate(measured, preprocess_s=1e-4, gpu="t4", fraction=0.5)
+    tight = kernel_plan.estimate(measured, preprocess_s=1.0, n_images=200_000, budget_h=9.0)
+    assert not tight["fits"] and "WARNING" in kernel_plan.format_plan(tight)
+    t4 = kernel_plan.estimate(measured, preprocess_s=1e-4, gpu="t4", fraction=0.5)
     assert t4["gpu_s"] < p["gpu_s"]
     assert kernel.main([str(run_dir), "--no-build", "--plan", "--images", "1000",
                         "--plan-images", str(sample_dir / "images")]) == 0
