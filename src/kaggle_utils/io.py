@@ -7,12 +7,15 @@ either the old file or the new one, never half of one. No torch here: this is th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
@@ -108,3 +111,13 @@ def input_root(default: str | os.PathLike = ".") -> Path:
 def working_root(default: str | os.PathLike = "outputs") -> Path:
     """Where outputs go: ``/kaggle/working`` on Kaggle, ``default`` elsewhere."""
     return KAGGLE_WORKING if on_kaggle() else Path(default)
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any], noun: str = "keys") -> T:
+    """``cls(**data)`` for a config read back from JSON/YAML: missing keys take defaults, but a misspelt one
+    is an error naming every known key, never silently ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} {noun} {unknown}; known: {sorted(names)}")
+    return cls(**data)

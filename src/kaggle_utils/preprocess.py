@@ -27,6 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .io import dataclass_from_dict
+
 try:  # optional (requirements.txt pins it): libpng + zlib-ng, ~1.6x faster than OpenCV's PNG decode
     from imagecodecs import png_decode as _png_decode
 except ImportError:  # e.g. a Kaggle image without it: OpenCV decodes every PNG, same pixels
@@ -517,11 +519,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
         """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown PreprocessConfig keys {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def _as_config(cfg: PreprocessConfig | dict[str, Any] | None) -> PreprocessConfig:

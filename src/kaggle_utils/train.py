@@ -153,11 +153,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return io.dataclass_from_dict(cls, d, noun="field(s)")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
