@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test demo recipe kernel lint bench clean
+.PHONY: venv test demo recipe aptos plan kernel lint bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,15 @@ demo: $(STAMP)
 # the default CPU recipe: 5-fold CV on ../shared/data/idrid_train (about an hour on 2 cores)
 recipe: $(STAMP)
 	$(PY) -m kaggle_utils.run configs/idrid_cpu.yaml
+
+# APTOS 2019 (the Ben-filtered copy in ../shared/data) + EyePACS/IDRiD pre-training, two models and their blend
+# (under 2 hours on 2 cores); `make plan CONFIG=configs/aptos_p100.yaml` prints any config's steps and times
+aptos: $(STAMP)
+	$(PY) -m kaggle_utils.run configs/aptos_cpu.yaml
+
+CONFIG ?= configs/aptos_cpu.yaml
+plan: $(STAMP)
+	$(PY) -m kaggle_utils.run $(CONFIG) --plan
 
 # the offline Kaggle bundle from the demo's runs, verified without network, with its run-time plan
 kernel: $(STAMP)

@@ -14,16 +14,22 @@
 # ---
 
 # %% [markdown]
-# # Preprocess: labels -> cached, preprocessed images -> duplicate-aware folds
-# Reads a label source (APTOS, EyePACS, IDRiD, Messidor or a generic CSV), preprocesses every photograph once
-# into `out_dir` (resumable: rerun to finish an interrupted run) and writes `folds.csv`. With `holdout > 0`,
-# that many images are held back (stratified, duplicate groups intact) as `test.csv` for a local test run.
+# # Preprocess: label sources -> one table with folds -> cached, preprocessed images
+# Reads one label source (APTOS, EyePACS, IDRiD, Messidor or a generic CSV) or a list of them (`sources`),
+# each with its role (`competition`: folds scored; `external`: training only, e.g. DR 2015 for pre-training)
+# and its own preprocessing (`preprocessed: true` = resize only). Duplicates are found across all sources;
+# an external image that duplicates a competition image is dropped and listed. Folds (stratified, duplicate
+# groups and EyePACS patients kept together) are written to `table_dir/folds.csv`, then every image is
+# preprocessed once into `out_dir/<source>/` (resumable: rerun to finish an interrupted run). With
+# `holdout > 0`, that many competition images are held back as `test.csv` for a local test run.
 
 # %% tags=["parameters"]
 source = "idrid"
 labels_csv = "data/sample/labels.csv"
 images_dir = "data/sample/images"
+sources = None  # a list of source dicts (name, reader, csv, images, role, ...) instead of the three above
 out_dir = "outputs/cache"
+table_dir = None  # where folds.csv / test.csv / dropped_duplicates.csv go; None: out_dir
 size = 512
 crop = True
 circle = False
@@ -34,48 +40,51 @@ workers = 2
 n_folds = 5
 seed = 0
 holdout = 0
+pretrain_val_fraction = 0.0
 
 # %%
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-from kaggle_utils import cache, folds, io, sources
-from kaggle_utils.preprocess import PreprocessConfig
+from kaggle_utils import assemble, folds, io
 
-out = Path(out_dir)
-table, problems = sources.load_source(source, labels_csv, images_dir, on_error="skip", return_report=True)
-print(f"{len(table)} labelled images from {labels_csv}; {len(problems)} row(s) skipped")
-problems.head(20)
+out, tables = Path(out_dir), Path(table_dir or out_dir)
+data = {"sources": sources} if sources else {"source": source, "csv": labels_csv, "images": images_dir,
+                                             "holdout": holdout}
+specs = assemble.parse_sources(data)
+table = assemble.build_table(specs, tables, n_folds=n_folds, seed=seed, val_fraction=pretrain_val_fraction,
+                             workers=workers)
+skipped = pd.read_csv(tables / assemble.PROBLEMS_FILE)
+dropped = pd.read_csv(tables / assemble.DROPPED_FILE, dtype=str)
+print(f"{len(table)} labelled images from {len(specs)} source(s); {len(skipped)} row(s) skipped; "
+      f"{len(dropped)} external image(s) dropped as duplicates of competition images")
+assemble.summary(table, dropped)
 
 # %%
-table = folds.add_duplicate_groups(table)
+dropped.head(20)
+
+# %%
 print(f"{int(table['dup_group'].duplicated(keep=False).sum())} images share a duplicate group")
 folds.conflicting_groups(table)
 
 # %%
-if holdout:
-    table, test = folds.holdout_split(table, holdout, seed=seed)
-    io.write_csv(out / "test.csv", test[["id", "path", "grade"]])
-    print(f"held back {len(test)} images as {out / 'test.csv'}")
-
-cfg = PreprocessConfig(size=size, crop=crop, circle=circle, ben_graham=ben_graham, clahe=clahe, framing=framing)
-manifest = cache.build_cache(table, out, cfg, workers=workers)
-print(cache.summary_line(manifest, out))
-
-# %%
-cached = cache.load_cache(out)  # the manifest keeps the table's columns, dup_group included
-fold_table = folds.make_folds(cached, n_folds=n_folds, seed=seed)
-folds.write_folds(fold_table, out / "folds.csv")
-folds.fold_distribution(fold_table)
+base = {"size": size, "crop": crop, "circle": circle, "ben_graham": ben_graham, "clahe": clahe, "framing": framing}
+manifest = assemble.build_caches(table, specs, out, base, workers=workers)
+cached = pd.read_csv(out / assemble.TABLE_FILE, dtype={"id": str})
+folds.fold_distribution(cached[cached["fold"] >= 0])
 
 # %%
 rng = np.random.default_rng(seed)
-show = cached.iloc[rng.permutation(len(cached))[:8]]
-fig, axes = plt.subplots(2, 4, figsize=(12, 6))
-for ax, (_, row) in zip(axes.flat, show.iterrows(), strict=False):
-    ax.imshow(plt.imread(row["cache_path"]))
-    ax.set_title(f"{row['id']} grade {row['grade']}")
+ok = manifest[manifest["status"] == "ok"]
+show = pd.concat([g.iloc[rng.permutation(len(g))[:4]] for _, g in ok.groupby("dataset")])[:12]
+fig, axes = plt.subplots(int(np.ceil(len(show) / 4)), 4, figsize=(12, 3 * int(np.ceil(len(show) / 4))),
+                         squeeze=False)
+for ax in axes.flat:
     ax.axis("off")
+for ax, (_, row) in zip(axes.flat, show.iterrows(), strict=False):
+    ax.imshow(plt.imread(out / row["cache_path"]))
+    ax.set_title(f"{row['dataset']} {row['id'][-12:]} grade {row['grade']}", fontsize=8)
 io.write_figure(out / "preprocess_examples.png", fig)

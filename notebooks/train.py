@@ -17,7 +17,9 @@
 # # Train one fold
 # Fits one fold of one model on a preprocessed cache (see `preprocess`). Rerunning with the same parameters
 # resumes from `out_dir/last.pt`; `deadline` (seconds of budget, or an absolute epoch time) stops cleanly with
-# a resumable checkpoint. `init_from` fine-tunes from a checkpoint pre-trained on external data.
+# a resumable checkpoint. Two stages: `stage="pretrain"` trains on the external sources only (validating on
+# their `pretrain_val` share); `stage="finetune"` (default) trains the competition folds, `init_from` the
+# stage-1 checkpoint, plus the external rows of `train_sources` in every fold.
 
 # %% tags=["parameters"]
 cache_dir = "outputs/cache"
@@ -40,23 +42,28 @@ patience = None
 seed = 0
 deadline = None
 init_from = None
+stage = "finetune"
+train_sources = None  # external datasets to train on (pretrain: default all; finetune: default none)
 extra_csv = None
 num_workers = 2
 max_steps_per_epoch = None
+overrides = {}  # any other TrainConfig field, e.g. {"warmup_epochs": 1, "schedule": "cosine"}
 
 # %%
 import pandas as pd
 from IPython.display import Image, display
 
+from kaggle_utils.assemble import stage_table
 from kaggle_utils.train import TrainConfig, load_table, train_fold
 
-# every TrainConfig field can be passed as a papermill parameter (-p warmup_epochs 2, -p channels_last True ...)
-cfg = TrainConfig.from_dict({k: v for k, v in dict(globals()).items() if k in TrainConfig.__dataclass_fields__})
-table = load_table(cfg)
-if extra_csv:  # pseudo-labelled or external rows: fold -1 trains in every fold, never validates
+fields = {k: v for k, v in dict(globals()).items() if k in TrainConfig.__dataclass_fields__}
+cfg = TrainConfig.from_dict({**fields, **overrides})
+table = stage_table(load_table(cfg), stage, train_sources)
+if extra_csv:  # pseudo-labelled rows: fold -1 trains in every fold, never validates
     extra = pd.read_csv(extra_csv, dtype={"id": str})
     table = pd.concat([table, extra.assign(fold=-1)], ignore_index=True)
-print(f"{len(table)} rows, fold {fold}: {int((table['fold'] == fold).sum())} validation")
+print(f"{stage}: {len(table)} rows, fold {fold}: {int((table['fold'] == fold).sum())} validation")
+table.groupby([table.get("dataset", pd.Series("all", index=table.index)), "fold"]).size().unstack(fill_value=0)
 
 # %%
 result = train_fold(cfg, table=table)

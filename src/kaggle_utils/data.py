@@ -303,6 +303,7 @@ class GradeBalancedSampler(EpochSampler):
         world_size: int = 1,
         mode: str = "image",
         yield_seeds: bool = False,
+        row_weights: Sequence[float] | np.ndarray | None = None,
     ):
         grades_f = _grades_array(grades)
         if np.isnan(grades_f).any():
@@ -321,6 +322,11 @@ class GradeBalancedSampler(EpochSampler):
             weights = rates_a[g] / counts[g]
         else:
             raise ValueError(f"mode must be 'image' or 'grade', got {mode!r}")
+        if row_weights is not None:  # e.g. per-source weights of a multi-source table
+            row_w = np.asarray(row_weights, dtype=np.float64)
+            if row_w.shape != weights.shape or (row_w < 0).any() or not (row_w * weights).sum() > 0:
+                raise ValueError(f"row_weights must be {len(weights)} non-negative numbers, not all zero")
+            weights = weights * row_w
         super().__init__(len(g), num_samples, seed, rank, world_size, yield_seeds)
         self.grades = g
         self.rates = tuple(float(r) for r in rates_a)

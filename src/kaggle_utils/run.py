@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,73 +54,218 @@ class Step:
 # ------------------------------------------------------------------------------------------- config
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+TOP_KEYS = {"workdir", "budget_hours", "reserve_s", "workers", "cell_timeout_s", "data", "preprocess", "folds",
+            "pretrain", "train", "models", "test", "infer", "blend", "pseudo"}
+MODEL_KEYS = {"name", "sizes", "seeds", "folds", "preprocess", "pretrain", "train_sources"}
+PRETRAIN_KEYS = {"val_fraction", "sources", "init"}
+CHAIN_FIELDS = {"out_dir", "cache_dir", "table_csv", "folds_csv", "fold", "init_from", "deadline"}  # set by plan
+
+
+def load_config(path: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """Read and check a chain config: unknown keys, missing files and sources without rows are errors here,
+    before hours of training (``--plan`` shows them without running anything)."""
+    if isinstance(path, dict):
+        cfg, where = copy.deepcopy(path), "config"
+    else:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        cfg, where = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}, str(path)
+    try:
+        check_config(cfg)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err
+    return cfg
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    from .assemble import parse_sources
+    from .preprocess import PreprocessConfig
+    from .train import TrainConfig
+
     for key in ("data", "models"):
         if key not in cfg:
-            raise ValueError(f"{path}: missing top-level '{key}' section")
+            raise ValueError(f"missing top-level '{key}' section")
+    _unknown("top-level", cfg, TOP_KEYS)
     if not cfg["models"]:
-        raise ValueError(f"{path}: 'models' lists no model to train")
+        raise ValueError("'models' lists no model to train")
     names = [m.get("name") for m in cfg["models"]]
     if None in names or len(set(names)) != len(names):
-        raise ValueError(f"{path}: every model needs a unique 'name', got {names}")
-    return cfg
+        raise ValueError(f"every model needs a unique 'name', got {names}")
+    specs = parse_sources(cfg["data"])
+    train_fields = set(TrainConfig.__dataclass_fields__) - CHAIN_FIELDS
+    _unknown("train", cfg.get("train") or {}, train_fields)
+    _unknown("pretrain", cfg.get("pretrain") or {}, train_fields | PRETRAIN_KEYS)
+    _unknown("folds", cfg.get("folds") or {}, {"n_folds", "seed"})
+    PreprocessConfig.from_dict(cfg.get("preprocess") or {})
+    external = {s.name for s in specs if s.role == "external"}
+    for m in cfg["models"]:
+        _unknown(f"model {m['name']!r}", m, train_fields | MODEL_KEYS)
+        PreprocessConfig.from_dict({**(cfg.get("preprocess") or {}), **(m.get("preprocess") or {})})
+        pre = m.get("pretrain")
+        if pre:
+            _unknown(f"model {m['name']!r} pretrain", pre if isinstance(pre, dict) else {},
+                     train_fields | PRETRAIN_KEYS)
+            if not external:
+                raise ValueError(f"model {m['name']!r} pre-trains but no data source has role: external")
+        for key in ("train_sources",):
+            bad = sorted(set(m.get(key) or ()) - external)
+            if bad:
+                raise ValueError(f"model {m['name']!r} {key} {bad}: not external sources ({sorted(external)})")
+        bad = sorted(set(_pretrain_cfg(cfg, m).get("sources") or ()) - external) if pre else []
+        if bad:
+            raise ValueError(f"model {m['name']!r} pretrain sources {bad}: not external sources ({sorted(external)})")
+    for spec in specs:
+        for what, p in (("csv", spec.csv), ("images", spec.images)):
+            if not Path(p).exists():
+                raise FileNotFoundError(f"source {spec.name!r}: {what} {p} does not exist")
+    test = cfg.get("test") or {}
+    for what in ("csv", "images"):
+        if test.get(what) and not Path(test[what]).exists():
+            raise FileNotFoundError(f"test {what} {test[what]} does not exist")
+    if not test.get("csv") and not any(s.holdout for s in specs):
+        raise ValueError("no test set: give 'test: {csv, images}' or a 'holdout' on the competition source")
+
+
+def _unknown(where: str, section: dict[str, Any], known: set[str]) -> None:
+    if not isinstance(section, dict):
+        raise TypeError(f"{where} must be a mapping, got {type(section).__name__}")
+    bad = sorted(set(section) - known)
+    if bad:
+        raise ValueError(f"unknown {where} key(s) {bad}; known: {sorted(known)}")
 
 
 def _abs(path: str | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
-def _preprocess_params(cfg: dict[str, Any], pre: dict[str, Any], out: Path) -> dict[str, Any]:
-    data, folds = cfg["data"], cfg.get("folds", {})
+def _sources(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The config's sources as plain dicts with absolute paths (the preprocess notebook's ``sources``)."""
+    from .assemble import parse_sources
+
+    return [{**dataclasses.asdict(s), "csv": _abs(s.csv), "images": _abs(s.images)}
+            for s in parse_sources(cfg["data"])]
+
+
+def _preprocess_params(cfg: dict[str, Any], pre: dict[str, Any], out: Path, table_dir: Path) -> dict[str, Any]:
+    folds, pretrain = cfg.get("folds", {}), cfg.get("pretrain") or {}
     return {
-        "source": data.get("source", "aptos"), "labels_csv": _abs(data["csv"]), "images_dir": _abs(data["images"]),
-        "out_dir": str(out), "holdout": int(data.get("holdout", 0)), "n_folds": int(folds.get("n_folds", 5)),
-        "seed": int(folds.get("seed", 0)), "workers": int(cfg.get("workers", os.cpu_count() or 1)), **pre,
+        "sources": _sources(cfg), "out_dir": str(out), "table_dir": str(table_dir),
+        "n_folds": int(folds.get("n_folds", 5)), "seed": int(folds.get("seed", 0)),
+        "pretrain_val_fraction": float(pretrain.get("val_fraction", 0.0)),
+        "workers": int(cfg.get("workers", os.cpu_count() or 1)), **pre,
     }
 
 
+def expand_models(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per trained run: ``sizes: [..]`` and ``seeds: [..]`` multiply a model (1st place: 2 seeds x 4
+    architectures; 2nd/4th: one model at several input sizes). ``_base`` names what the seeds share."""
+    out = []
+    for m in cfg["models"]:
+        sizes, seeds = m.get("sizes"), m.get("seeds")
+        for size in sizes or [None]:
+            base = m["name"] if size is None or len(sizes) == 1 else f"{m['name']}_{size}"
+            for seed in seeds or [None]:
+                e = {k: v for k, v in m.items() if k not in ("sizes", "seeds")}
+                e["name"] = base if seed is None or len(seeds) == 1 else f"{base}_s{seed}"
+                e["_base"] = base
+                if size is not None:
+                    e["size"] = size
+                if seed is not None:
+                    e["seed"] = seed
+                out.append(e)
+    names = [e["name"] for e in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"expanded model names repeat: {names}")
+    return out
+
+
+def _pretrain_cfg(cfg: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+    own = m.get("pretrain")
+    return {**(cfg.get("pretrain") or {}), **(own if isinstance(own, dict) else {})}
+
+
+def _source_weights(cfg: dict[str, Any]) -> dict[str, float] | None:
+    from .assemble import parse_sources
+
+    weights = {s.name: float(s.weight) for s in parse_sources(cfg["data"])}
+    return weights if any(w != 1.0 for w in weights.values()) else None
+
+
+def _train_params(spec: dict[str, Any], weights: dict[str, float] | None, datasets: set[str]) -> dict[str, Any]:
+    params = dict(spec)
+    if weights and len(datasets) > 1:  # weights only matter between the datasets a step trains on
+        params["source_weights"] = {k: v for k, v in weights.items() if k in datasets}
+    return params
+
+
 def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
-    """The steps of one round; models with different preprocessing get their own cache."""
+    """The steps of one round: preprocess (one cache per distinct recipe; the first also builds the table of
+    every source), pre-train (stage 1, per model, on external sources), train (model x fold, fine-tuned from
+    stage 1 when the model pre-trains), infer, blend."""
+    from .assemble import parse_sources
+
     tag = f":r{round_no}" if round_no else ""
     steps: list[Step] = []
     caches: dict[str, Path] = {}
     base_pre = cfg.get("preprocess", {})
-    holdout_cache = None
-    for m in cfg["models"]:
+    table_dir = workdir / "data"
+    specs = parse_sources(cfg["data"])
+    comp = next(s.name for s in specs if s.role == "competition")
+    models = expand_models(cfg)
+    for m in models:
         pre = {**base_pre, **m.get("preprocess", {})}
         key = json.dumps(pre, sort_keys=True)
         if key not in caches:
             caches[key] = workdir / f"cache{len(caches)}"
-            holdout_cache = holdout_cache or caches[key]
             if round_no == 0:
                 steps.append(Step(f"preprocess:{caches[key].name}", "preprocess",
-                                  _preprocess_params(cfg, pre, caches[key])))
+                                  _preprocess_params(cfg, pre, caches[key], table_dir)))
         m["_cache"] = caches[key]
+    first_cache = next(iter(caches.values()))
     runs_dir = workdir / ("runs" if round_no == 0 else f"runs_round{round_no}")
     defaults = cfg.get("train", {})
+    weights = _source_weights(cfg)
     extra = str(workdir / f"pseudo_round{round_no}.csv") if round_no else None
-    for m in cfg["models"]:
+    pretrained: dict[str, Path] = {}
+    for m in models:
         spec = {k: v for k, v in {**defaults, **m}.items() if not k.startswith("_")}
         folds = spec.pop("folds", list(range(int(cfg.get("folds", {}).get("n_folds", 5)))))
         name = spec.pop("name")
-        spec.pop("preprocess", None)
+        for key in ("preprocess", "pretrain", "sizes", "seeds"):
+            spec.pop(key, None)
+        train_sources = spec.pop("train_sources", None)
+        data = {"cache_dir": str(m["_cache"]), "folds_csv": str(m["_cache"] / "folds.csv")}
+        init_from = None
+        if m.get("pretrain"):
+            pcfg = _pretrain_cfg(cfg, m)
+            init = pcfg.pop("init", "best")
+            datasets = pcfg.pop("sources", None)
+            pcfg.pop("val_fraction", None)
+            out = workdir / "pretrain" / m["_base"]
+            if m["_base"] not in pretrained and round_no == 0:  # seeds of a model share stage 1
+                ext = set(datasets or (s.name for s in specs if s.role == "external"))
+                stage1 = {**spec, "average_last": None, **pcfg}  # averaging is the fine-tune's unless asked
+                params = {**_train_params(stage1, weights, ext), **data, "out_dir": str(out), "fold": 0,
+                          "stage": "pretrain", "train_sources": datasets, "extra_csv": None}
+                steps.append(Step(f"pretrain:{m['_base']}", "train", params, meta={"deadline": True}))
+            pretrained[m["_base"]] = out
+            init_from = str(out / f"{init}.pt")
         for fold in folds:
-            params = {**spec, "cache_dir": str(m["_cache"]), "folds_csv": str(m["_cache"] / "folds.csv"),
-                      "out_dir": str(runs_dir / name / f"fold{fold}"), "fold": int(fold), "extra_csv": extra}
-            steps.append(Step(f"train:{name}:fold{fold}{tag}", "train",
-                              params, meta={"deadline": True}))
+            params = {**_train_params(spec, weights, {comp, *(train_sources or ())}), **data,
+                      "out_dir": str(runs_dir / name / f"fold{fold}"), "fold": int(fold), "stage": "finetune",
+                      "train_sources": train_sources, "init_from": init_from, "extra_csv": extra}
+            steps.append(Step(f"train:{name}:fold{fold}{tag}", "train", params, meta={"deadline": True}))
     test = cfg.get("test") or {}
-    run_dirs = [str(runs_dir / m["name"]) for m in cfg["models"]]
+    run_dirs = [str(runs_dir / m["name"]) for m in models]
     preds = workdir / ("preds" if round_no == 0 else f"preds_round{round_no}")
-    test_csv = _abs(test.get("csv")) or str(holdout_cache / "test.csv")
+    test_csv = _abs(test.get("csv")) or str(table_dir / "test.csv")
     infer_params = {"run_dirs": run_dirs, "test_csv": test_csv, "test_images": _abs(test.get("images")),
                     "test_ext": test.get("ext", ".png"), "out_dir": str(preds), **cfg.get("infer", {})}
     steps.append(Step(f"infer{tag}", "infer", infer_params))
     blend_dir = workdir / ("blend" if round_no == 0 else f"blend_round{round_no}")
     blend_params = {"run_dirs": run_dirs, "preds_dir": str(preds), "test_csv": test_csv,
                     "test_id_col": "id_code" if test.get("images") else "id", "out_dir": str(blend_dir),
-                    "cache_dir": str(holdout_cache), **cfg.get("blend", {})}
+                    "cache_dir": str(first_cache), **cfg.get("blend", {})}
     steps.append(Step(f"blend{tag}", "blend", blend_params))
     return steps
 
@@ -163,6 +309,8 @@ class Runner:
         params = dict(step.params)
         if step.meta.get("deadline"):  # training stops in time for inference and blending
             params["deadline"] = self.deadline - self.reserve_s
+            if done.get("status") == "ok":  # finished before, but its inputs changed: train anew, not resume
+                params["overwrite"] = True
         out_nb = self.workdir / "notebooks" / f"{step.name.replace(':', '_')}.ipynb"
         out_nb.parent.mkdir(parents=True, exist_ok=True)
         print(f"[run] {step.name} ({left / 60:.1f} min of budget left) -> {out_nb}", flush=True)
@@ -187,15 +335,31 @@ class Runner:
             return
         import papermill as pm
 
-        pm.execute_notebook(str(self.notebooks / f"{step.notebook}.ipynb"), str(out_nb), parameters=params,
+        notebook = self.notebooks / f"{step.notebook}.ipynb"
+        params = pack_parameters(notebook, params)
+        pm.execute_notebook(str(notebook), str(out_nb), parameters=params,
                             cwd=str(REPO_ROOT), execution_timeout=timeout, progress_bar=False,
                             kernel_name="python3")
+
+
+def pack_parameters(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters the notebook does not declare go into its ``overrides`` dict (papermill would only warn
+    that they are unknown, and the notebook would never see them)."""
+    import papermill as pm
+
+    declared = set(pm.inspect_notebook(str(notebook)))
+    extra = {k: v for k, v in params.items() if k not in declared}
+    if not extra:
+        return params
+    if "overrides" not in declared:
+        raise ValueError(f"{notebook.name} does not declare parameter(s) {sorted(extra)}")
+    return {**{k: v for k, v in params.items() if k in declared}, "overrides": extra}
 
 
 def run_chain(config: str | os.PathLike | dict[str, Any], workdir: str | os.PathLike | None = None,
               budget_s: float | None = None, notebooks: Path = NOTEBOOKS) -> dict[str, Any]:
     """Run every step of the config (and its pseudo-label rounds); returns the run log."""
-    cfg = copy.deepcopy(config) if isinstance(config, dict) else load_config(config)
+    cfg = load_config(config)
     work = Path(workdir or cfg.get("workdir", "outputs/run")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     io.write_text(work / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
@@ -219,7 +383,7 @@ def _pseudo_step(cfg: dict[str, Any], work: Path, round_no: int) -> Step:
     pseudo = cfg.get("pseudo") or {}
     first_cache = work / "cache0"
     test = cfg.get("test") or {}
-    params = {"test_csv": _abs(test.get("csv")) or str(first_cache / "test.csv"),
+    params = {"test_csv": _abs(test.get("csv")) or str(work / "data" / "test.csv"),
               "test_images": _abs(test.get("images")), "test_ext": test.get("ext", ".png"),
               "blend_dir": str(work / f"blend{prev}"), "cache_dir": str(first_cache),
               "out_csv": str(work / f"pseudo_round{round_no}.csv"), "round_no": round_no,
@@ -227,13 +391,34 @@ def _pseudo_step(cfg: dict[str, Any], work: Path, round_no: int) -> Step:
     return Step(f"pseudo:r{round_no}", "pseudo", params, kind="pseudo")
 
 
+def _print_plan(config: str, workdir: str | None, budget_hours: float | None) -> int:
+    from .run_plan import describe, format_plan
+    from .sources import SourceError
+
+    try:
+        cfg = load_config(config)
+        if budget_hours is not None:
+            cfg["budget_hours"] = budget_hours
+        rows, facts = describe(cfg, Path(workdir or cfg.get("workdir", "outputs/run")).resolve())
+    except (OSError, ValueError, SourceError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_plan(rows, facts))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML parameters file (see configs/)")
     parser.add_argument("--workdir", help="output folder (default: the config's workdir)")
     parser.add_argument("--budget-hours", type=float, help="overall budget (default: config, else 9)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print every step, what it trains on and its estimated time here and on a P100; "
+                             "run nothing")
     args = parser.parse_args(argv)
     budget = None if args.budget_hours is None else args.budget_hours * 3600
+    if args.plan:
+        return _print_plan(args.config, args.workdir, args.budget_hours)
     try:
         log = run_chain(args.config, args.workdir, budget)
     except BudgetExceeded as err:

@@ -12,6 +12,7 @@
   states (dropout) are restored at the step boundary.
 - ``best.pt``      weights of the best epoch by ``monitor`` + config, metrics and QWK thresholds tuned on the fold.
 - ``oof.csv``      ``id, grade, pred, fold`` for the validation fold from the best model (continuous ``pred``).
+- ``rows.csv``     ``id, grade[, dataset], split`` (train | val): what this run trained and validated on.
 - ``metrics.csv``  one row per epoch: ``epoch, train_loss, val_loss, val_qwk, lr, time``; ``steps.csv`` the
   training loss every ``log_every`` steps; ``curves.png`` loss and QWK per epoch.
 
@@ -69,7 +70,7 @@ from kaggle_utils.data import FundusDataset, GradeBalancedSampler, ShuffleSample
 
 CHECKPOINT_FORMAT = "kaggle_utils.train/1"
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
-ARTIFACTS = ("last.pt", "best.pt", "oof.csv", "metrics.csv", "steps.csv", "curves.png", "config.json")
+ARTIFACTS = ("last.pt", "best.pt", "oof.csv", "metrics.csv", "steps.csv", "curves.png", "config.json", "rows.csv")
 _DDP_CHECK_EVERY = 10  # steps between the (synchronising) deadline/checkpoint votes under DDP
 
 
@@ -119,12 +120,14 @@ class TrainConfig:
     augmentation: str = "seed"  # kaggle_utils.augment preset
     sampler_rates: list[float] | None = None
     sampler_mode: str = "image"
+    source_weights: dict[str, float] | None = None  # per ``dataset`` (multi-source tables): relative draw weight
     samples_per_epoch: int | None = None
     in_memory: bool = False
     num_workers: int = 2
-    # early stopping
+    # early stopping, weight averaging
     monitor: str = "val_loss"  # val_loss | val_qwk
     patience: int | None = None
+    average_last: int | None = None  # average the weights of the last K epochs into best.pt (2nd place)
     # runtime
     seed: int = 42
     device: str = "auto"
@@ -194,6 +197,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "size", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.average_last is not None and not 1 <= self.average_last <= self.epochs:
+            raise ValueError(f"TrainConfig.average_last must be in 1..epochs ({self.epochs}), got {self.average_last}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         return self
@@ -418,10 +423,12 @@ def load_table(cfg: TrainConfig, table: pd.DataFrame | None = None) -> pd.DataFr
     return table
 
 
-def split_fold(table: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_fold(table: pd.DataFrame, fold: int, allow_no_val: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) rows; ``allow_no_val``: a run with no validation (pre-training on all external rows)
+    keeps its last epoch as best."""
     val = table[table["fold"] == fold].reset_index(drop=True)
     train = table[table["fold"] != fold].reset_index(drop=True)
-    if val.empty or train.empty:
+    if train.empty or (val.empty and not allow_no_val):
         raise ValueError(f"fold {fold} leaves {len(train)} train / {len(val)} validation rows; folds present: "
                          f"{sorted(table['fold'].unique().tolist())}")
     return train, val
@@ -504,7 +511,9 @@ class Trainer:
         self.channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
 
         table = load_table(cfg, table)
-        self.train_table, self.val_table = split_fold(table, cfg.fold)
+        self.train_table, self.val_table = split_fold(table, cfg.fold, allow_no_val=True)
+        if self.val_table.empty:
+            _say(f"fold {cfg.fold} has no validation rows: every epoch replaces best.pt, no OOF is written")
         self.fingerprint = _fingerprint(self.train_table, self.val_table)
 
         seed_everything(cfg.seed)
@@ -536,6 +545,7 @@ class Trainer:
         self.epoch_loss_sum, self.epoch_count, self.epoch_time = 0.0, 0, 0.0
         self._last_ckpt_time = _now()
         self._tables_at = -1
+        self.averager = WeightAverager(cfg.average_last, cfg.epochs) if cfg.average_last else None
 
     # ---- setup
     def _pick_device(self) -> torch.device:
@@ -564,10 +574,10 @@ class Trainer:
         self.train_ds = FundusDataset(self.train_table, transform=transform, **common)
         self.val_ds = FundusDataset(self.val_table, transform=None, **common)
         rank, world = self.dist.rank, self.dist.world_size
-        if cfg.sampler_rates:
+        if cfg.sampler_rates or cfg.source_weights:
             self.sampler = GradeBalancedSampler(
-                self.train_ds.grades, cfg.sampler_rates, cfg.samples_per_epoch, cfg.seed, rank, world,
-                mode=cfg.sampler_mode, yield_seeds=True)
+                self.train_ds.grades, cfg.sampler_rates or [1.0] * 5, cfg.samples_per_epoch, cfg.seed, rank, world,
+                mode=cfg.sampler_mode, yield_seeds=True, row_weights=self._row_weights())
         else:
             self.sampler = ShuffleSampler(len(self.train_ds), cfg.seed, rank, world, yield_seeds=True,
                                           num_samples=cfg.samples_per_epoch)
@@ -588,6 +598,18 @@ class Trainer:
                                      shuffle=False, generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)
         self.val_idx = val_idx
 
+    def _row_weights(self) -> np.ndarray | None:
+        weights = self.cfg.source_weights
+        if not weights:
+            return None
+        if "dataset" not in self.train_table.columns:
+            raise ValueError("source_weights needs a 'dataset' column (a multi-source table, see kaggle_utils.assemble)")
+        unknown = sorted(set(weights) - set(self.train_table["dataset"]))
+        if unknown:
+            raise ValueError(f"source_weights names dataset(s) {unknown} that have no training rows; "
+                             f"datasets here: {sorted(set(self.train_table['dataset']))}")
+        return self.train_table["dataset"].map(weights).fillna(1.0).to_numpy(np.float64)
+
     # ---- resume / compatibility
     def prepare_out_dir(self) -> bool:
         """Check out_dir against this config; returns True when there is a last.pt to resume from."""
@@ -603,6 +625,7 @@ class Trainer:
         if not last.exists():
             if self.dist.is_main:
                 self.cfg.to_json(self.out / "config.json")
+                self._write_rows()
             self._barrier()
             return False
         saved_path = self.out / "config.json"
@@ -633,6 +656,8 @@ class Trainer:
         self.history, self.step_log = ck["history"], ck["step_log"]
         self.best, self.bad_epochs, self.status = ck["best"], ck["bad_epochs"], ck["status"]
         self.epoch_loss_sum, self.epoch_count, self.epoch_time = ck["epoch_sums"]
+        if self.averager is not None:
+            self.averager.load_state_dict(ck.get("averager"))
         rngs = ck["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
@@ -662,6 +687,7 @@ class Trainer:
             "epoch_sums": (self.epoch_loss_sum, self.epoch_count, self.epoch_time),
             "fingerprint": self.fingerprint,
             "model_meta": self._model_meta(),
+            "averager": self.averager.state_dict() if self.averager is not None else None,
             "saved_at": time.time(),
         }
 
@@ -672,6 +698,12 @@ class Trainer:
             save_checkpoint(self.out / "last.pt", state)
             self._write_tables()
         self._last_ckpt_time = _now()
+
+    def _write_rows(self) -> None:
+        """``rows.csv``: which ids trained and which validated (audits: e.g. stage 1 saw no validation image)."""
+        cols = [c for c in ("id", "grade", "dataset") if c in self.train_table.columns]
+        rows = pd.concat([self.train_table[cols].assign(split="train"), self.val_table[cols].assign(split="val")])
+        io.write_csv(self.out / "rows.csv", rows)
 
     def _model_meta(self) -> dict[str, Any]:
         return {k: getattr(self.net, k, None) for k in ("name", "head", "pool")} | {
@@ -702,12 +734,12 @@ class Trainer:
             thresholds = list(DEFAULT_THRESHOLDS)
         from kaggle_utils.metrics import apply_thresholds
 
-        tuned = float(qwk(grades, apply_thresholds(preds, thresholds)))
+        tuned = float(qwk(grades, apply_thresholds(preds, thresholds))) if len(preds) else float("nan")
         save_checkpoint(self.out / "best.pt", {
             "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "model": self.net.state_dict(),
             "epoch": row["epoch"], "val_loss": row["val_loss"], "val_qwk": row["val_qwk"],
             "val_qwk_tuned": tuned, "thresholds": thresholds, "model_meta": self._model_meta(),
-            "preprocess": self._preprocess_recipe(),
+            "preprocess": self._preprocess_recipe(), "averaged_epochs": row.get("averaged_epochs"),
         })
         oof = pd.DataFrame({"id": self.val_table["id"], "grade": grades, "pred": preds, "fold": self.cfg.fold})
         io.write_csv(self.out / "oof.csv", oof)
@@ -870,7 +902,7 @@ class Trainer:
         full = np.zeros(len(self.val_ds), dtype=np.float64)
         for idx, p, _ in parts:
             full[idx] = p
-        return full, sum(part[2] for part in parts) / len(self.val_ds)
+        return full, sum(part[2] for part in parts) / len(self.val_ds) if len(self.val_ds) else float("nan")
 
     def validate(self) -> tuple[dict[str, Any], np.ndarray]:
         from kaggle_utils.metrics import apply_thresholds, qwk
@@ -878,7 +910,7 @@ class Trainer:
         t0 = time.time()
         preds, val_loss = self.predict_val()
         grades = np.rint(self.val_ds.grades).astype(int)
-        val_qwk = float(qwk(grades, apply_thresholds(preds, DEFAULT_THRESHOLDS)))
+        val_qwk = float(qwk(grades, apply_thresholds(preds, DEFAULT_THRESHOLDS))) if len(preds) else float("nan")
         sums = torch.tensor([self.epoch_loss_sum, float(self.epoch_count)], dtype=torch.float64)
         if self.dist.enabled:
             sums = sums.to(self.device)
@@ -894,6 +926,9 @@ class Trainer:
         value = row[self.cfg.monitor]
         higher = self.cfg.monitor == "val_qwk"
         improved = self.best is None or (value > self.best["value"] if higher else value < self.best["value"])
+        improved = improved or not len(self.val_ds)  # nothing to compare: the latest epoch is the result
+        if self.averager is not None:
+            self.averager.update(self.net, row["epoch"])
         if improved:
             self.best = {"value": value, "epoch": row["epoch"], "val_loss": row["val_loss"], "val_qwk": row["val_qwk"]}
             self.bad_epochs = 0
@@ -913,8 +948,26 @@ class Trainer:
             self.status = "early_stopped"
         elif self.epoch >= self.cfg.epochs:
             self.status = "completed"
+        if self.status != "running" and self.averager is not None:
+            self.finish_average()
         self.save_last()
         return stop
+
+    def finish_average(self) -> None:
+        """Replace best.pt by the average of the last epochs' weights (validated like an epoch); last.pt keeps
+        the final weights so a resumed run is unchanged."""
+        if not self.averager.count:
+            _say("average_last: no epoch of the averaging window was reached; best.pt is the best epoch")
+            return
+        final = {k: v.clone() for k, v in self.net.state_dict().items()}
+        self.net.load_state_dict(self.averager.averaged(final))
+        row, preds = self.validate()
+        row = {**row, "epoch": self.history[-1]["epoch"], "averaged_epochs": self.averager.epochs}
+        self.best = {"value": row[self.cfg.monitor], "epoch": row["epoch"], "val_loss": row["val_loss"],
+                     "val_qwk": row["val_qwk"], "averaged_epochs": self.averager.epochs}
+        self.save_best(row, preds)
+        _say(f"averaged epochs {self.averager.epochs}: val_loss {row['val_loss']:.4f} val_qwk {row['val_qwk']:.4f}")
+        self.net.load_state_dict(final)
 
     def result(self, resumed: bool) -> dict[str, Any]:
         out = self.out
@@ -927,6 +980,7 @@ class Trainer:
             "best_epoch": best.get("epoch"),
             "best_val_loss": best.get("val_loss"),
             "best_val_qwk": best.get("val_qwk"),
+            "averaged_epochs": best.get("averaged_epochs"),
             "monitor": self.cfg.monitor,
             "out_dir": str(out),
             "last": str(out / "last.pt"),
@@ -936,6 +990,39 @@ class Trainer:
             "curves": str(out / "curves.png") if self.history else None,
             "config": str(out / "config.json"),
         }
+
+
+class WeightAverager:
+    """Running mean of the weights at the ends of the last ``k`` of ``epochs`` epochs (the 2nd place's
+    averaging of the last epochs). Float tensors are averaged (BatchNorm statistics too, close enough for
+    neighbouring epochs of a decayed schedule); integer buffers keep the final value."""
+
+    def __init__(self, k: int, epochs: int):
+        self.first = epochs - k + 1
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.epochs: list[int] = []
+
+    def update(self, net: nn.Module, epoch: int) -> None:
+        if epoch < self.first or epoch in self.epochs:
+            return
+        for k, v in net.state_dict().items():
+            if v.is_floating_point():
+                v = v.detach().to("cpu", torch.float64)
+                self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+        self.epochs.append(int(epoch))
+
+    def averaged(self, current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: (self.sums[k] / self.count).to(v.dtype).to(v.device) if k in self.sums else v
+                for k, v in current.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums, "count": self.count, "epochs": self.epochs, "first": self.first}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.sums, self.count, self.epochs = state["sums"], state["count"], list(state["epochs"])
 
 
 def _norm(value: Any) -> Any:
