@@ -43,7 +43,8 @@ importlib.invalidate_caches()
 # # APTOS 2019 submission: fold checkpoints x TTA -> OOF-fitted blend -> submission.csv
 # Every `models/<run>/fold<k>/best.pt` knows its architecture, image size and preprocessing; each run's
 # `oof.csv` files fit the blend weights and QWK thresholds that turn test predictions into grades 0-4.
-# Unreadable test images still get a row (the most common training grade).
+# Unreadable test images still get a row (the most common training grade). `thresholds = "prior_shift"` refits
+# the cut points for the test set's grade distribution, estimated from the test predictions alone (no labels).
 
 # %% tags=["parameters"]
 models_dir = "/kaggle/input/kaggle-utils-aptos-models/models"
@@ -56,6 +57,8 @@ batch_size = 32
 workers = 4
 device = "auto"
 method = "qwk"
+thresholds = "oof"  # oof | prior_shift
+prior_method = "em"  # em | bbse
 
 # %%
 from pathlib import Path
@@ -75,8 +78,12 @@ for name, df in results.items():
 
 # %%
 result = ensemble.blend_runs(dict(zip(names, run_dirs, strict=True)), {n: preds_dir / n for n in names},
-                             test["id"], method=method)
+                             test["id"], method=method, thresholds=thresholds, prior_method=prior_method)
 path = ensemble.write_submission(result.submission, Path(out_dir) / "submission.csv")
 print(f"OOF QWK {result.oof_qwk:.4f}; weights {result.weights}; thresholds {[round(float(t), 3) for t in result.thresholds]}")
+if result.prior is not None:
+    print(f"thresholds in use: {result.threshold_mode}; OOF {[round(float(t), 3) for t in result.thresholds_oof]}, "
+          f"prior_shift {[round(float(t), 3) for t in result.thresholds_prior_shift]}")
+    print(result.prior.table().round(3).to_string(index=False))
 print(f"{path}: {len(result.submission)} rows")
 result.submission["diagnosis"].value_counts().sort_index()

@@ -54,7 +54,8 @@ def test_write_report_html_and_pngs(tmp_path):
     paths = report.write_report(tmp_path / "rep", oof, weights={"effb4": 0.7, "resnext": 0.3}, curves=_curves(),
                                 gradcam=examples, title="test run")
     pngs = {k: v for k, v in paths.items() if v.suffix == ".png"}
-    assert set(pngs) == {"confusion", "roc", "model_qwk", "fold_qwk", "pred_distribution", "curves", "gradcam"}
+    assert set(pngs) == {"confusion", "roc", "model_qwk", "fold_qwk", "pred_distribution", "curves", "gradcam",
+                         "shakeup", "fold_thresholds"}  # shake-up is always on; no test preds, no prior plot
     for p in pngs.values():
         assert p.parent == tmp_path / "rep" and p.read_bytes()[:8] == PNG and p.stat().st_size > 1000
     page = paths["html"].read_text()

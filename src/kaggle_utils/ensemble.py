@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from kaggle_utils import io, metrics
+from kaggle_utils import io, metrics, shift
 
 DEFAULT_THRESHOLDS = metrics.DEFAULT_THRESHOLDS
+THRESHOLD_MODES = ("oof", "prior_shift")  # cut points fitted on OOF as is / reweighted to the estimated test prior
 OOF_FILE = "oof.csv"
 TEST_FILE = "test_preds.csv"
 
@@ -313,15 +314,25 @@ class BlendResult:
     submission: pd.DataFrame
     oof_qwk: float
     fallback: int
+    threshold_mode: str = "oof"
+    thresholds_oof: np.ndarray | None = None
+    thresholds_prior_shift: np.ndarray | None = None  # None when no test prediction could estimate a prior
+    prior: shift.PriorEstimate | None = None
 
 
 def blend_runs(oof_runs: Mapping[str, RunSource] | Sequence[PathLike],
                test_runs: Mapping[str, RunSource] | Sequence[PathLike], test_ids: Sequence[str] | pd.Series,
-               method: str = "qwk") -> BlendResult:
+               method: str = "qwk", thresholds: str = "oof", prior_method: str = "em", n_boot: int = 200,
+               seed: int = 0) -> BlendResult:
     """Fit blend weights and thresholds on the OOF predictions, apply both to the test predictions.
 
     Test images without a prediction (unreadable) get the most common OOF grade, with a warning.
+    ``thresholds``: ``oof`` (cut points fitted on the OOF predictions: assumes the test set has the training
+    grade mix) or ``prior_shift`` (refitted on OOF importance-weighted to the test prior estimated from the
+    test predictions by ``prior_method``; no test labels needed). Both sets and the estimate are in the result.
     """
+    if thresholds not in THRESHOLD_MODES:
+        raise EnsembleError(f"unknown thresholds {thresholds!r}; use one of {THRESHOLD_MODES}")
     oof = collect_oof(oof_runs)
     test = collect_test(test_runs)
     models = model_columns(oof)
@@ -330,16 +341,26 @@ def blend_runs(oof_runs: Mapping[str, RunSource] | Sequence[PathLike],
     y = true_grades(oof["grade"])
     weights = fit_blend_weights(oof[models], y, method=method)
     oof["blend"] = blend(oof[models], weights)
-    thresholds = fit_thresholds(oof["blend"].to_numpy(), y)
+    thr_oof = fit_thresholds(oof["blend"].to_numpy(), y)
     readable = np.isfinite(test[models].to_numpy(float)).all(axis=1)  # unreadable images stay NaN
     test["blend"] = np.nan
     if readable.any():
         test.loc[readable, "blend"] = blend(test.loc[readable, models], weights)
+    prior, thr_shift = None, None
+    if readable.any():
+        prior = shift.estimate_prior(y, oof["blend"].to_numpy(), test.loc[readable, "blend"].to_numpy(),
+                                     method=prior_method, thresholds=thr_oof, n_boot=n_boot, seed=seed)
+        thr_shift = shift.prior_shift_thresholds(oof["blend"].to_numpy(), y, prior.prior, init=thr_oof)
+    elif thresholds == "prior_shift":
+        warnings.warn("no readable test prediction to estimate the test prior from: using OOF thresholds",
+                      stacklevel=2)
+    chosen = thr_shift if thresholds == "prior_shift" and thr_shift is not None else thr_oof
     fallback = fallback_grade(y)
-    submission = make_submission(test_ids, test.set_index("id")["blend"], thresholds, fallback=fallback)
-    score = metrics.qwk(y, metrics.apply_thresholds(oof["blend"].to_numpy(), thresholds))
-    return BlendResult(dict(zip(models, map(float, weights), strict=True)), thresholds, oof, test,
-                       submission, float(score), fallback)
+    submission = make_submission(test_ids, test.set_index("id")["blend"], chosen, fallback=fallback)
+    score = metrics.qwk(y, metrics.apply_thresholds(oof["blend"].to_numpy(), thr_oof))
+    return BlendResult(dict(zip(models, map(float, weights), strict=True)), chosen, oof, test,
+                       submission, float(score), fallback, thresholds if chosen is thr_shift else "oof",
+                       thr_oof, thr_shift, prior)
 
 
 # ----------------------------------------------------------------------------------------- pseudo-labels
@@ -451,7 +472,8 @@ def build_pseudo_round(test_csv: PathLike, blend_dir: PathLike, cache_dir: PathL
     cached = cache.load_cache(pcache)
     preds = pd.read_csv(blend_dir / "test_blend.csv", dtype={"id": str}).set_index("id")["blend"]
     cached = cached[cached["id"].isin(preds.index[np.isfinite(preds.to_numpy(float))])]
-    thresholds = io.read_json(blend_dir / "summary.json")["thresholds"]
+    summary = io.read_json(blend_dir / "summary.json")
+    thresholds = summary.get("thresholds_submission", summary["thresholds"])  # prior_shift ones when chosen
     rows = pseudo_label_test(cached[["id", "path"]], preds, thresholds, soft=soft, min_distance=min_distance,
                              round_no=round_no)
     rows["cache_path"] = rows["id"].map(cached.set_index("id")["cache_path"])

@@ -68,13 +68,15 @@ def _same_length(a_name: str, a: np.ndarray, b_name: str, b: np.ndarray) -> None
 # ------------------------------------------------------------------------------------------- QWK
 
 
-def _confusion(t: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+def _confusion(t: np.ndarray, p: np.ndarray, n: int, w: np.ndarray | None = None) -> np.ndarray:
+    return np.bincount(t * n + p, weights=w, minlength=n * n).reshape(n, n)
 
 
-def _qwk(t: np.ndarray, p: np.ndarray, n: int, undefined: float) -> float:
+def _qwk(t: np.ndarray, p: np.ndarray, n: int, undefined: float, w: np.ndarray | None = None) -> float:
     """Unchecked QWK on int arrays: the threshold optimiser calls this thousands of times."""
-    observed = _confusion(t, p, n).astype(np.float64)
+    observed = _confusion(t, p, n, w).astype(np.float64)
+    if observed.sum() <= 0:
+        return float(undefined)
     expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
     idx = np.arange(n)
     weights = (idx[:, None] - idx[None, :]) ** 2.0  # the usual /(n-1)² cancels in the ratio
@@ -92,8 +94,24 @@ def confusion(y_true: Any, y_pred: Any, n_classes: int = N_CLASSES) -> np.ndarra
     return _confusion(t, p, n_classes)
 
 
-def qwk(y_true: Any, y_pred: Any, n_classes: int = N_CLASSES, undefined: float = 0.0) -> float:
+def _as_weights(values: Any, n: int) -> np.ndarray | None:
+    """Non-negative per-sample weights of length ``n``, or None (unweighted)."""
+    if values is None:
+        return None
+    w = _as_scores("sample_weight", values)
+    if len(w) != n:
+        raise ValueError(f"sample_weight has {len(w)} values but there are {n} samples")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be non-negative")
+    return w
+
+
+def qwk(y_true: Any, y_pred: Any, n_classes: int = N_CLASSES, undefined: float = 0.0,
+        sample_weight: Any = None) -> float:
     """Quadratic weighted kappa over classes 0..n_classes-1.
+
+    ``sample_weight`` weights each image's cell in the confusion matrix (importance weights: QWK as it would
+    be on a set with another grade distribution, see :mod:`kaggle_utils.shift`); None is the Kaggle metric.
 
     Undefined when chance disagreement is zero (both raters give one and the same grade everywhere); sklearn
     then warns and returns nan (``replace_undefined_by``); here it returns ``undefined`` (0.0: no agreement
@@ -102,7 +120,7 @@ def qwk(y_true: Any, y_pred: Any, n_classes: int = N_CLASSES, undefined: float =
     t = _as_grades("y_true", y_true, n_classes)
     p = _as_grades("y_pred", y_pred, n_classes)
     _same_length("y_true", t, "y_pred", p)
-    return _qwk(t, p, n_classes, undefined)
+    return _qwk(t, p, n_classes, undefined, _as_weights(sample_weight, len(t)))
 
 
 # ------------------------------------------------------------------------------------ thresholds
@@ -129,6 +147,7 @@ def optimise_thresholds(
     step: float = 0.25,
     restarts: int = 3,
     max_iter: int = 2000,
+    sample_weight: Any = None,
 ) -> np.ndarray:
     """Thresholds maximising QWK of ``apply_thresholds(preds, t)`` against ``y_true`` -> sorted float array.
 
@@ -136,16 +155,18 @@ def optimise_thresholds(
     point with a simplex of ``step``, ``step/2``... : QWK is piecewise constant in t, so a simplex that only
     sees one plateau stops at once; scipy's default 5% simplex is too small for that. Deterministic. Never
     worse than ``init`` on the fitted data: the sorted ``init`` is returned unless strictly beaten.
-    Fitted thresholds overfit small sets; fit them on out-of-fold predictions.
+    Fitted thresholds overfit small sets; fit them on out-of-fold predictions. ``sample_weight`` maximises
+    the weighted QWK (importance-weighted OOF rows for a shifted test prior: ``shift.prior_shift_thresholds``).
     """
     p = _as_scores("preds", preds)
     x0 = _as_thresholds(init)
     n = len(x0) + 1
     t = _as_grades("y_true", y_true, n)
     _same_length("preds", p, "y_true", t)
+    w = _as_weights(sample_weight, len(t))
 
     def score(x: np.ndarray) -> float:
-        return _qwk(t, np.digitize(p, np.sort(x)), n, 0.0)
+        return _qwk(t, np.digitize(p, np.sort(x)), n, 0.0, w)
 
     best_x, best = x0, score(x0)
     for r in range(max(1, restarts)):

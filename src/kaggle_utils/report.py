@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
-from kaggle_utils import GRADE_NAMES, io, metrics
+from kaggle_utils import GRADE_NAMES, io, metrics, shift
 from kaggle_utils.ensemble import DEFAULT_THRESHOLDS, blend, model_columns, true_grades
 
 PathLike = str | os.PathLike
@@ -386,6 +386,142 @@ def gradcam_for_runs(run_dirs: Sequence[PathLike], oof: pd.DataFrame, cache_dir:
     return sorted(examples, key=lambda e: (e["grade"], e["id"]))
 
 
+# ------------------------------------------------------------------------------ label shift and shake-up
+def plot_prior(prior: shift.PriorEstimate, hists: Mapping[str, np.ndarray], path: PathLike) -> Path:
+    """Left: training prior vs estimated test prior (95 % bootstrap bars). Right: the test set's
+    predicted-grade shares under each threshold set: what changes when the cut points follow the prior."""
+    fig = Figure(figsize=(11, 4))
+    ax, ax2 = fig.subplots(1, 2)
+    x = np.arange(len(prior.prior))
+    ax.bar(x - 0.2, prior.train_prior, width=0.4, label="training (OOF)")
+    err = np.vstack([prior.prior - prior.low, prior.high - prior.prior]).clip(min=0)
+    ax.bar(x + 0.2, prior.prior, width=0.4, yerr=err, capsize=3, label=f"test, estimated ({prior.method})")
+    ax.set(xticks=x, xlabel="grade", ylabel="share", title="grade distribution: train vs estimated test")
+    ax.legend(fontsize=8)
+    width = 0.8 / max(1, len(hists))
+    for i, (name, h) in enumerate(hists.items()):
+        share = np.asarray(h, float) / max(1, np.sum(h))
+        ax2.bar(x + (i - (len(hists) - 1) / 2) * width, share, width=width, label=name)
+    ax2.set(xticks=x, xlabel="predicted grade", ylabel="share of test images",
+            title="test predictions under each threshold set")
+    ax2.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_shakeup(sims: pd.DataFrame, path: PathLike) -> Path:
+    """Public vs private QWK per simulated leaderboard, one colour per choice: the cloud's width is the
+    shake-up; points across the diagonal from each other are rank flips."""
+    fig = Figure(figsize=(11, 4.2))
+    ax, ax2 = fig.subplots(1, 2)
+    for i, (name, part) in enumerate(sims.groupby("choice", sort=False)):
+        ax.scatter(part["public"], part["private"], s=6, alpha=0.4, c=f"C{i % 10}", label=name)
+        ax2.hist(part["private"] - part["public"], bins=40, alpha=0.5, color=f"C{i % 10}", label=name)
+    lo = float(min(sims["public"].min(), sims["private"].min()))
+    hi = float(max(sims["public"].max(), sims["private"].max()))
+    ax.plot([lo, hi], [lo, hi], ls=":", c="grey")
+    ax.set(xlabel="public QWK", ylabel="private QWK", title="simulated leaderboards")
+    ax2.set(xlabel="private - public QWK", ylabel="simulations", title="public -> private move")
+    ax.legend(fontsize=7, markerscale=3)
+    return _save(fig, path)
+
+
+def plot_fold_thresholds(table: pd.DataFrame, global_thr: Sequence[float], path: PathLike) -> Path:
+    """Each fold's own cut points (dots) against the global OOF fit (lines): threshold instability."""
+    folds = table[~table["fold"].isin(["sd", "range"])]
+    cols = [c for c in table.columns if c.startswith("t")]
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    for i, c in enumerate(cols):
+        ax.scatter(folds[c], np.full(len(folds), i), s=30, zorder=3)
+        ax.axvline(float(global_thr[i]), ls=":", c="grey")
+        for _, r in folds.iterrows():
+            ax.annotate(str(r["fold"]), (r[c], i), textcoords="offset points", xytext=(0, 6), fontsize=7)
+    ax.set(yticks=range(len(cols)), xlabel="cut point (continuous grade)", title="thresholds fitted per fold",
+           ylim=(-0.6, len(cols) - 0.4))
+    ax.set_yticklabels([f"{k}|{k + 1}" for k in range(len(cols))])
+    return _save(fig, path)
+
+
+def _shakeup_choices(oof: pd.DataFrame, cols: Sequence[str], per_thr: Mapping[str, np.ndarray], head: str,
+                     y: np.ndarray, thr_sets: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Hard OOF grades per competing choice: each blend member at its cut points, the blend at each set."""
+    p = oof[head].to_numpy(float)
+    out = {c: metrics.apply_thresholds(oof[c].to_numpy(float), per_thr[c]) for c in cols if c != head}
+    out.update({f"{head} @{name}": metrics.apply_thresholds(p, t) for name, t in thr_sets.items()})
+    return out
+
+
+def shakeup_section(oof: pd.DataFrame, cols: Sequence[str], per_thr: Mapping[str, np.ndarray], head: str,
+                    thr_sets: Mapping[str, np.ndarray], out: Path, sizes: tuple[int, int],
+                    n_sims: int, prior: shift.PriorEstimate | None) -> tuple[list[str], dict[str, Path], dict]:
+    """HTML, files and summary numbers of the shake-up simulator (see :func:`kaggle_utils.shift.shakeup`)."""
+    y = true_grades(oof["grade"])
+    grades = _shakeup_choices(oof, cols, per_thr, head, y, thr_sets)
+    sims = shift.shakeup(y, grades, *sizes, n_sims=n_sims, seed=0)
+    tabs = {"as OOF": (sims, shift.shakeup_summary(sims), shift.flip_rates(sims))}
+    if prior is not None:
+        w = shift.importance_weights(y, prior.prior)
+        sw = shift.shakeup(y, grades, *sizes, n_sims=n_sims, seed=1, weights=w)
+        tabs["at the estimated test prior"] = (sw, shift.shakeup_summary(sw), shift.flip_rates(sw))
+    first = f"{head} @oof"
+    ci = shift.bootstrap_qwk(y, grades[first], seed=0)
+    paths = {"shakeup": plot_shakeup(sims, out / "shakeup.png"),
+             "shakeup_csv": io.write_csv(out / "shakeup_sims.csv", sims)}
+    body = ["<h2>Shake-up: public vs private leaderboard</h2>",
+            f'<p class="sub">{n_sims} simulated leaderboards of {sizes[0]:,} public / {sizes[1]:,} private images '
+            f"drawn from the {len(y)} OOF predictions ({'with replacement: OOF is smaller' if sims.attrs['with_replacement'] else 'disjoint random splits'}); "
+            "thresholds held fixed. Every choice sees the same draws, so flip rates are paired.</p>",
+            '<div class="cards">', _card(ci["qwk"], "CV QWK"),
+            _card(ci["low"], "95 % bootstrap CI, low"), _card(ci["high"], "95 % bootstrap CI, high"), "</div>"]
+    for name, (_, summ, flips) in tabs.items():
+        body += [f"<h3>Sampled {html.escape(name)}</h3>", _table(summ),
+                 "<p>Chance that the choice better on public is worse on private:</p>",
+                 _table(flips) if len(flips) else "<p>(one choice only)</p>"]
+    body.append('<img src="shakeup.png" alt="shake-up">')
+    summary = {"cv_qwk_ci": ci, "sizes": list(sizes), "n_sims": n_sims,
+               "flip_rates": {k: v[2].to_dict(orient="records") for k, v in tabs.items()},
+               "spread": {k: v[1].to_dict(orient="records") for k, v in tabs.items()}}
+    if "fold" in oof:
+        ft = shift.fold_thresholds(oof[head].to_numpy(float), y, oof["fold"].to_numpy())
+        paths["fold_thresholds"] = plot_fold_thresholds(ft, thr_sets["oof"], out / "fold_thresholds.png")
+        paths["fold_thresholds_csv"] = io.write_csv(out / "fold_thresholds.csv", ft)
+        body += ["<h3>Thresholds fitted per fold</h3>", _table(ft), '<img src="fold_thresholds.png" alt="fold thresholds">']
+        summary["fold_thresholds"] = ft.to_dict(orient="records")
+    return body, paths, summary
+
+
+def shift_section(prior: shift.PriorEstimate, test_pred: np.ndarray, thr_sets: Mapping[str, np.ndarray],
+                  mode: str, out: Path) -> tuple[list[str], dict[str, Path]]:
+    """HTML and files of the label-shift section: prior table, both threshold sets, test histograms."""
+    q = np.asarray(test_pred, float)
+    q = q[np.isfinite(q)]
+    hists = {name: np.bincount(metrics.apply_thresholds(q, t), minlength=5) for name, t in thr_sets.items()}
+    rows = [{"thresholds": name, "in use": "yes" if name == mode else "",
+             **{f"t{i + 1}": float(v) for i, v in enumerate(t)},
+             **{f"n grade {g}": int(h[g]) for g in range(5)}} for (name, t), h in zip(thr_sets.items(),
+                                                                                     hists.values(), strict=True)]
+    paths = {"prior": plot_prior(prior, hists, out / "prior_shift.png"),
+             "prior_csv": io.write_csv(out / "prior_estimate.csv", prior.table())}
+    body = ["<h2>Label shift: estimated test grade distribution</h2>",
+            f'<p class="sub">Estimated from the {prior.n_test} test predictions alone ({html.escape(prior.method)}; '
+            f"95 % interval from {prior.n_boot} bootstrap resamples of OOF and test rows). The "
+            "<code>prior_shift</code> cut points are refitted on OOF rows reweighted to this prior.</p>",
+            _table(prior.table()), _table(pd.DataFrame(rows)), '<img src="prior_shift.png" alt="prior shift">']
+    return body, paths
+
+
+def review_section(review: pd.DataFrame, out: Path, top: int = 20) -> tuple[list[str], dict[str, Path]]:
+    """The ranked list of test images a clinician should look at first (full list in review.csv)."""
+    path = io.write_csv(out / "review.csv", review)
+    head = review.head(top)
+    body = ["<h2>Images to review first</h2>",
+            f'<p class="sub">Ranked by <code>p_flip</code>, the chance that another fold or TTA view would put the '
+            "image on the other side of the referable-DR cut (grade 1|2): high near the cut or where ensemble "
+            f"members disagree. Top {len(head)} of {len(review)}; all in <a href=\"review.csv\">review.csv</a>.</p>",
+            _table(head)]
+    return body, {"review_csv": path}
+
+
 # -------------------------------------------------------------------------------------------------- HTML
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
 h1{margin-bottom:.2em}.sub{color:#666}.cards{display:flex;gap:1em;flex-wrap:wrap;margin:1em 0}
@@ -406,7 +542,11 @@ def _table(df: pd.DataFrame) -> str:
 def write_report(out_dir: PathLike, oof: pd.DataFrame, *, weights: Mapping[str, float] | None = None,
                  thresholds: Sequence[float] | None = None, curves: Mapping[str, pd.DataFrame] | None = None,
                  gradcam: Sequence[Mapping[str, Any]] | None = None, title: str = "OOF report",
-                 notes: str = "") -> dict[str, Path]:
+                 notes: str = "", test_pred: Sequence[float] | None = None,
+                 prior: shift.PriorEstimate | None = None, threshold_sets: Mapping[str, Sequence[float]] | None = None,
+                 threshold_mode: str = "oof", review: pd.DataFrame | None = None,
+                 shakeup_sizes: tuple[int, int] = (shift.APTOS_PUBLIC, shift.APTOS_PRIVATE),
+                 shakeup_sims: int = 300) -> dict[str, Path]:
     """Write ``report.html`` + PNGs + CSV tables + ``summary.json`` into ``out_dir``; returns name -> path.
 
     ``oof``: wide table from :func:`ensemble.collect_oof` (id, grade, fold, one column per model; a ``blend``
@@ -414,6 +554,10 @@ def write_report(out_dir: PathLike, oof: pd.DataFrame, *, weights: Mapping[str, 
     None). ``thresholds``: the blend's cut points (fitted on the blend OOF if None). ``curves``: from
     :func:`load_curves`; ``gradcam``: from :func:`gradcam_examples`. PNGs are separate files next to the
     HTML (referenced relatively), so copy the folder, not just the page.
+    Label shift (with ``prior`` and ``test_pred``, the blended test predictions): the estimated test prior and
+    each of ``threshold_sets`` (name -> cut points; ``threshold_mode`` names the one in use) with the test's
+    predicted-grade histogram. Shake-up (always; ``shakeup_sizes`` = public, private; ``shakeup_sims=0`` skips
+    it) and ``review`` (:func:`shift.review_list`), the images to look at first.
     """
     out = Path(out_dir)
     oof = oof.copy()
@@ -459,6 +603,26 @@ def write_report(out_dir: PathLike, oof: pd.DataFrame, *, weights: Mapping[str, 
                "qwk_default_thresholds": _qwk(y, p, DEFAULT_THRESHOLDS), "thresholds": thr.tolist(),
                "referable": {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in ref.items()},
                "weights": {k: float(v) for k, v in (weights or {}).items()}}
+    sets = {"oof": thr, "0.5..3.5": np.asarray(DEFAULT_THRESHOLDS, float)}
+    sets.update({k: np.asarray(v, float) for k, v in (threshold_sets or {}).items()})
+    extra: list[str] = []
+    if prior is not None and test_pred is not None:
+        html_part, files = shift_section(prior, np.asarray(test_pred, float), sets, threshold_mode, out)
+        extra += html_part
+        paths.update(files)
+        summary["prior"] = prior.to_dict()
+    summary["threshold_sets"] = {k: v.tolist() for k, v in sets.items()}
+    summary["threshold_mode"] = threshold_mode
+    summary["thresholds_submission"] = sets.get(threshold_mode, thr).tolist()  # what the test grades used
+    if shakeup_sims:
+        html_part, files, summary["shakeup"] = shakeup_section(oof, cols, per_thr, head, sets, out, shakeup_sizes,
+                                                               shakeup_sims, prior)
+        extra += html_part
+        paths.update(files)
+    if review is not None:
+        html_part, files = review_section(review, out)
+        extra += html_part
+        paths.update(files)
     paths["summary"] = io.write_json(out / "summary.json", summary)
 
     ref_tab = pd.DataFrame([{"sensitivity": ref["sensitivity"], "specificity": ref["specificity"],
@@ -487,7 +651,7 @@ def write_report(out_dir: PathLike, oof: pd.DataFrame, *, weights: Mapping[str, 
         figure("fold_qwk", "QWK per fold"),
         figure("confusion", "Confusion matrix"), figure("roc", "ROC, referable DR"),
         figure("pred_distribution", "Predictions by true grade"), figure("curves", "Training curves"),
-        figure("gradcam", "Grad-CAM examples per grade"),
+        figure("gradcam", "Grad-CAM examples per grade"), *extra,
     ]
     files = sorted([*(v.name for v in paths.values()), "report.html"])
     body.append("<h2>Files</h2><ul>" + "".join(f'<li><a href="{f}">{f}</a></li>' for f in files) + "</ul>")
