@@ -16,14 +16,16 @@
 # %% [markdown]
 # # Infer: fold checkpoints x TTA -> test predictions per run
 # Each run folder holds `fold<k>/best.pt`; every checkpoint knows its model, image size and preprocessing,
-# so runs of different sizes mix. Unreadable images still get a row (`status=failed`, with the reason).
+# so runs of different sizes mix. Unreadable images still get a row (`status=failed`, with the reason);
+# images that are graded but look wrong (tiny, nearly black, no retina found) are listed in
+# `flagged_images.csv`. A repeated or blank id in `test_csv` stops here, before any inference.
 
 # %% tags=["parameters"]
-run_dirs = ["outputs/runs/lite0"]
-test_csv = "outputs/cache/test.csv"
+run_dirs = ["outputs/demo/runs/lite0"]  # defaults: what `make demo` writes
+test_csv = "outputs/demo/data/test.csv"
 test_images = None
 test_ext = ".png"
-out_dir = "outputs/preds"
+out_dir = "outputs/demo/preds"
 tta = "hflip"
 batch_size = 32
 workers = None  # loader threads; None: half the cores
@@ -43,13 +45,15 @@ print(f"{len(test)} test images")
 # %%
 results = infer.infer(run_dirs, test, out_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
 for name, df in results.items():
-    print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} failed")
+    print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} failed, "
+          f"{int((df['flag'] != '').sum())} flagged")
 if oof_tta:
     for run_dir in run_dirs:
         oof = infer.predict_oof(run_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
         io.write_csv(f"{out_dir}/{Path(run_dir).name}/oof.csv", oof)
-failed = pd.read_csv(f"{out_dir}/{infer.FAILED_FILE}")
-failed
+failed = pd.read_csv(f"{out_dir}/{infer.FAILED_FILE}", dtype=str, keep_default_na=False)
+flagged = pd.read_csv(f"{out_dir}/{infer.FLAGGED_FILE}", dtype=str, keep_default_na=False)
+pd.concat([failed.assign(status="failed"), flagged], ignore_index=True)
 
 # %%
 ax = pd.DataFrame({n: d["pred"] for n, d in results.items()}).plot.hist(bins=40, alpha=0.5, figsize=(8, 3))

@@ -30,9 +30,9 @@ def test_torchrun_two_gloo_ranks_end_with_identical_weights(shared_data, tmp_pat
         pytest.skip(f"no torchrun beside {sys.executable}")
     table = resized_table(shared_data, tmp_path / "img", n=24, size=64)  # fold 0: 6 val, 18 train = 9 per rank
     table.to_csv(tmp_path / "table.csv", index=False)
-    cfg = TrainConfig(out_dir=str(tmp_path / "out"), model=TINY_MODEL, size=64, epochs=2, batch_size=3,
-                      max_steps_per_epoch=2, lr=3e-3, sampler_rates=[1, 2, 2, 2, 2], num_workers=0, log_every=1,
-                      progress=False, seed=5)
+    cfg = TrainConfig(out_dir=str(tmp_path / "out"), model=TINY_MODEL, pretrained=False, size=64, epochs=2,
+                      batch_size=3, max_steps_per_epoch=2, lr=3e-3, sampler_rates=[1, 2, 2, 2, 2], num_workers=0,
+                      log_every=1, progress=False, seed=5)
     cfg_path = cfg.to_json(tmp_path / "cfg.json")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONHASHSEED": "0"}
     cmd = [str(TORCHRUN), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

@@ -56,7 +56,7 @@ def tiny_run(tmp_path_factory, sample_dir):
     for fold in (0, 1):
         cfg = TrainConfig(out_dir=str(root / "runs" / "tiny" / f"fold{fold}"), cache_dir=str(root / "cache"),
                           model="tiny-cnn-test", size=64, epochs=1, batch_size=4, fold=fold, num_workers=0,
-                          progress=False, augmentation="none")
+                          progress=False, augmentation="none", pretrained=False)
         train_fold(cfg, table=cached)
     return root / "runs" / "tiny", table
 

@@ -76,14 +76,20 @@ def test_chain_runs_every_notebook_and_submits_every_test_id(sample_dir, tmp_pat
     assert rerun["steps"] == log["steps"]  # finished steps are skipped, not redone
 
 
+def _empty_test_set(tmp_path: Path) -> Path:
+    (tmp_path / "test_images").mkdir()
+    (tmp_path / "test.csv").write_text("id_code\n")
+    return tmp_path
+
+
 def test_budget_exhausted_names_the_step(sample_dir, tmp_path):
-    cfg = _config(sample_dir, tmp_path / "w", tmp_path)
+    cfg = _config(sample_dir, tmp_path / "w", _empty_test_set(tmp_path))
     with pytest.raises(run.BudgetExceeded, match="preprocess:cache0"):
         run.run_chain(cfg, budget_s=0)
 
 
 def test_cell_timeout_stops_and_names_the_step(sample_dir, tmp_path):
-    cfg = _config(sample_dir, tmp_path / "w", tmp_path) | {"cell_timeout_s": 1}
+    cfg = _config(sample_dir, tmp_path / "w", _empty_test_set(tmp_path)) | {"cell_timeout_s": 1}
     with pytest.raises(run.BudgetExceeded, match="preprocess:cache0.*ran out of time"):
         run.run_chain(cfg)
     log = json.loads((tmp_path / "w" / run.LOG_FILE).read_text())

@@ -32,7 +32,8 @@ HELPERS = Path(__file__).with_name("train_helpers.py")
 REPO = Path(__file__).resolve().parents[1]
 
 # 40 images, 4 folds: 30 train / 10 validation; batch 4 -> 7 steps per epoch.
-TINY = dict(model=TINY_MODEL, size=64, epochs=2, batch_size=4, lr=3e-3, warmup_epochs=0.5, augmentation="seed",
+TINY = dict(model=TINY_MODEL, pretrained=False, size=64, epochs=2, batch_size=4, lr=3e-3, warmup_epochs=0.5,
+            augmentation="seed",
             sampler_rates=[1, 2, 2, 2, 2], num_workers=0, log_every=2, progress=False, checkpoint_every_steps=3,
             seed=11)
 
@@ -283,3 +284,52 @@ def test_short_fit_on_real_data_lowers_the_loss(shared_data, tmp_path):
     assert loss_after < 0.7 * loss_before, (loss_before, loss_after)
     for key in ("best", "last", "oof", "metrics", "curves"):
         assert Path(result[key]).stat().st_size > 0
+
+
+def test_average_last_epochs_is_the_mean_of_their_weights_and_validated(tiny_table, tmp_path):
+    """2nd place's weight averaging: best.pt holds the mean of the last K epochs' weights, OOF from it."""
+    snaps = []
+    cfg = TrainConfig(out_dir=str(tmp_path / "avg"), **{**TINY, "epochs": 3, "max_steps_per_epoch": 2,
+                                                         "average_last": 2, "checkpoint_every_steps": None})
+
+    def on_step(info: dict) -> None:
+        if info["step"] == 2:  # the epoch's last step: these are the weights the epoch ends with
+            snaps.append({k: v.detach().clone() for k, v in info["trainer"].net.state_dict().items()})
+
+    result = train_fold(cfg, table=tiny_table, on_step=on_step)
+    assert result["averaged_epochs"] == [2, 3] and len(snaps) == 3
+    best = load_checkpoint(tmp_path / "avg" / "best.pt")
+    for k, v in best["model"].items():
+        if v.is_floating_point():
+            expected = (snaps[1][k].double() + snaps[2][k].double()) / 2
+            assert torch.allclose(v.double(), expected, atol=1e-6), k
+    assert not torch.equal(best["model"]["fc.weight"], snaps[2]["fc.weight"])  # not just the last epoch
+    last = load_checkpoint(tmp_path / "avg" / "last.pt")
+    assert torch.equal(last["model"]["fc.weight"], snaps[2]["fc.weight"])  # last.pt keeps the final weights
+    oof = pd.read_csv(tmp_path / "avg" / "oof.csv")
+    model = load_model(best)
+    assert len(oof) == 10 and model is not None
+    with pytest.raises(ValueError, match="average_last"):
+        TrainConfig(epochs=2, average_last=3).validate()
+
+
+def test_no_validation_rows_keeps_the_last_epoch(tiny_table, tmp_path):
+    """Stage 1 on all external rows: no validation fold, best.pt is the last epoch, no OOF rows."""
+    table = tiny_table.assign(fold=1)
+    cfg = TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 2, "max_steps_per_epoch": 2, "fold": 0})
+    result = train_fold(cfg, table=table)
+    assert result["status"] == "completed" and result["best_epoch"] == 2
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert pd.read_csv(tmp_path / "rows.csv")["split"].eq("train").all()
+
+
+def test_source_weights_shift_the_draws_between_datasets(tiny_table, tmp_path):
+    table = tiny_table.assign(dataset=np.where(np.arange(len(tiny_table)) % 2, "a", "b"))
+    cfg = TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 1, "max_steps_per_epoch": 1,
+                                                 "source_weights": {"a": 4.0, "b": 1.0}, "sampler_rates": None})
+    trainer = train.Trainer(cfg, table)
+    drawn = trainer.train_table["dataset"].to_numpy()[trainer.sampler.epoch_indices(0)]
+    share_a = (drawn == "a").mean()
+    assert 0.7 < share_a < 0.9  # 4:1 per image over two equal halves -> 0.8
+    with pytest.raises(ValueError, match="no training rows"):
+        train.Trainer(cfg.replace(source_weights={"zzz": 2.0}), table)

@@ -66,6 +66,7 @@ class SourceSpec:
     weight: float = 1.0  # relative sampling weight of this source's rows
     holdout: int = 0  # competition only: rows held back as a local test set
     max_rows: int | None = None  # a stratified subsample (quick recipes); None: all rows
+    rows: int | None = None  # expected rows, for --plan on a machine without the files (a Kaggle config)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -101,7 +102,7 @@ def parse_sources(data: dict[str, Any]) -> list[SourceSpec]:
             raise ValueError(f"data: {extra} next to 'sources'; put them inside a source")
         specs = [SourceSpec.from_dict(dict(s)) for s in data["sources"]]
     else:
-        allowed = {"source", "csv", "images", "holdout", "ext"}
+        allowed = {"source", "csv", "images", "holdout", "ext", "rows"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ValueError(f"data: unknown key(s) {unknown}; known: {sorted(allowed)} or a 'sources' list")
@@ -110,7 +111,7 @@ def parse_sources(data: dict[str, Any]) -> list[SourceSpec]:
             raise ValueError(f"data: missing {missing}")
         kind = data.get("source", "aptos")
         specs = [SourceSpec(name=kind, reader=kind, csv=data["csv"], images=data["images"],
-                            holdout=int(data.get("holdout", 0)), ext=data.get("ext"))]
+                            holdout=int(data.get("holdout", 0)), ext=data.get("ext"), rows=data.get("rows"))]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"data: source names must be unique, got {names}")
@@ -133,6 +134,8 @@ def load_specs(specs: list[SourceSpec], root: str | os.PathLike = ".") -> tuple[
     whatever they are combined with, and the competition's ids stay as Kaggle spells them."""
     tables, reports = [], []
     for spec in specs:
+        if not Path(_path(spec.csv, root)).is_file():
+            raise FileNotFoundError(f"source {spec.name!r}: csv {spec.csv} does not exist")
         kw = {} if spec.ext is None else {"ext": spec.ext}
         table, report = sources.load_source(spec.reader, _path(spec.csv, root), _path(spec.images, root),
                                             on_error="skip", return_report=True, **kw)
@@ -204,13 +207,16 @@ def _pretrain_split(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarr
     return val
 
 
+_NOT_IN_TABLE = ("preprocess", "preprocessed", "weight", "rows")  # settings the table does not depend on
+
+
 def _stamp(specs: list[SourceSpec], n_folds: int, seed: int, val_fraction: float) -> str:
     """What the table depends on; a changed label file (size, mtime) rebuilds it."""
     def stat(p: str) -> list[float]:
         st = os.stat(p)
         return [st.st_size, st.st_mtime_ns]
 
-    key = {"specs": [{k: v for k, v in asdict(s).items() if k not in ("preprocess", "preprocessed", "weight")}
+    key = {"specs": [{k: v for k, v in asdict(s).items() if k not in _NOT_IN_TABLE}
                      for s in specs],
            "csv": [stat(s.csv) for s in specs], "n_folds": n_folds, "seed": seed, "val_fraction": val_fraction,
            "version": 1}

@@ -27,7 +27,7 @@ from typing import Any
 
 import cv2
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
 from kaggle_utils.io import read_json, sweep_temp_files, write_bytes, write_csv, write_json
 from kaggle_utils.preprocess import ImageReadError, PreprocessConfig, preprocess_image

@@ -165,7 +165,7 @@ class FundusDataset(Dataset):
 def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
     return tqdm(iterable, desc=desc, leave=False)
 

@@ -29,7 +29,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
 from kaggle_utils.io import write_csv
 

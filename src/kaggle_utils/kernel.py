@@ -1,7 +1,7 @@
 """Kaggle submission bundle: an offline dataset (wheels, fold checkpoints, manifest) plus the inference+blend
 kernel that installs from it, proven end to end in an emulated Kaggle image with the network off.
 
-    python build_kernel.py RUN_DIR [RUN_DIR ...] --out DIR [--owner NAME] [--verify] [--plan]
+    python build_kernel.py [RUN_DIR ...] --out DIR [--owner NAME] [--verify] [--plan]   (no RUN_DIR: latest chain's)
 
 ``DIR/dataset``  (upload with ``kaggle datasets create -p DIR/dataset --dir-mode tar``)
     wheels/            kaggle_utils (built from this checkout) + every runtime dependency the Kaggle image lacks
@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -668,6 +669,35 @@ def format_sizes(report: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
+def _run_folders(root: Path) -> list[Path]:
+    """Folders directly under ``root`` that hold at least one ``fold*/best.pt``."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("fold*/best.pt"))) if root.is_dir() else []
+
+
+def latest_chain_runs(outputs: str | os.PathLike = "outputs") -> tuple[list[Path], str]:
+    """The run folders of the most recently finished chain under ``outputs`` (its last pseudo-label round's
+    runs, which its submission used), and a message saying which; or ``[]`` and a message listing every run
+    folder found and how to choose. Lets a bare ``python build_kernel.py`` follow ``make demo``."""
+    root = Path(outputs)
+    logs = sorted(root.glob("*/run_log.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for log in logs:
+        work = log.parent
+        rounds = sorted((d for d in work.glob("runs_round*") if d.name[10:].isdigit()),
+                        key=lambda d: int(d.name[10:]))
+        runs = _run_folders(rounds[-1]) if rounds else _run_folders(work / "runs")
+        if runs:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(log.stat().st_mtime))
+            return runs, (f"no run folders given: using the runs of the most recent chain, {work} (run_log.json "
+                          f"{when}): {' '.join(str(r) for r in runs)}")
+    found = sorted({p.parent.parent for p in root.glob("**/fold*/best.pt")}) if root.is_dir() else []
+    if not found:
+        return [], (f"error: no run folders given and none found under {root}/ (a run folder holds fold<k>/best.pt); "
+                    "train first (`make demo`), then: python build_kernel.py RUN_DIR [RUN_DIR ...] --owner YOU")
+    listed = "\n".join(f"  {r}" for r in found)
+    return [], (f"error: no run folders given and no finished chain (run_log.json) under {root}/; run folders "
+                f"found:\n{listed}\nname the ones to bundle: python build_kernel.py RUN_DIR [RUN_DIR ...] --owner YOU")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -675,15 +705,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .kernel_verify import verify
 
     ap = argparse.ArgumentParser(description="Build the Kaggle dataset + kernel bundle from trained runs.")
-    ap.add_argument("runs", nargs="+", help="run folders (fold*/best.pt), e.g. outputs/demo/runs/lite0")
+    ap.add_argument("runs", nargs="*", help="run folders (fold*/best.pt), e.g. outputs/demo/runs/lite0; "
+                    "default: the runs of the most recent chain under outputs/")
     ap.add_argument("--out", default="outputs/kernel_bundle", help="bundle folder (default %(default)s)")
-    ap.add_argument("--owner", default=BundleSpec.owner, help="your Kaggle user name")
+    ap.add_argument("--owner", help=f"your Kaggle user name (default {BundleSpec.owner!r}, with a warning)")
     ap.add_argument("--dataset-slug", default=BundleSpec.dataset_slug)
     ap.add_argument("--dataset-title", default=BundleSpec.dataset_title)
     ap.add_argument("--kernel-slug", default=BundleSpec.kernel_slug)
     ap.add_argument("--kernel-title", help="default: from the kernel slug (Kaggle links the two)")
     ap.add_argument("--competition", default=COMPETITION)
-    ap.add_argument("--license", default=BundleSpec.license, help="one Kaggle licence name")
+    ap.add_argument("--license", help=f"one Kaggle licence name (default {BundleSpec.license})")
     ap.add_argument("--weights", action="append", default=[], metavar="NAME",
                     help="also bundle these ImageNet weights (not needed for inference)")
     ap.add_argument("--tta", default="hflip", help="the kernel's TTA (and the plan's)")
@@ -697,10 +728,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget-hours", type=float, default=9.0)
     ap.add_argument("--plan-images", help="folder of real images to time preprocessing on")
     args = ap.parse_args(argv)
-
-    spec = BundleSpec([Path(r) for r in args.runs], Path(args.out), args.owner, args.dataset_slug,
-                      args.dataset_title, args.kernel_slug, args.kernel_title, args.competition, args.license,
-                      args.weights, args.tta)
+    if not args.runs:
+        found, message = latest_chain_runs()
+        print(message, file=sys.stderr if not found else sys.stdout)
+        if not found:
+            return 2
+        args.runs = [str(r) for r in found]
+    if args.owner is None:
+        print(f"warning: no --owner: assumed Kaggle user {BundleSpec.owner!r} (dataset "
+              f"{BundleSpec.owner}/{args.dataset_slug}, kernel {BundleSpec.owner}/{args.kernel_slug})"
+              + ("" if args.license else f" and licence {BundleSpec.license}")
+              + "; `kaggle datasets create` needs your own user name: pass --owner YOUR_KAGGLE_NAME", file=sys.stderr)
+    spec = BundleSpec([Path(r) for r in args.runs], Path(args.out), args.owner or BundleSpec.owner,
+                      args.dataset_slug, args.dataset_title, args.kernel_slug, args.kernel_title, args.competition,
+                      args.license or BundleSpec.license, args.weights, args.tta)
     try:
         if not args.no_build:
             build(spec)

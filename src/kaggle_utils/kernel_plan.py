@@ -119,7 +119,7 @@ def measure_preprocess(run_dir: str | os.PathLike, images: Sequence[Path], repea
                 times = []
                 for _ in range(repeats):
                     t = time.perf_counter()
-                    img, why = _load(str(p), recipe, size)
+                    img, why, _ = _load(str(p), recipe, size)  # (image, failure reason, quality flag)
                     times.append(time.perf_counter() - t)
                     if img is None:
                         raise BundleError(f"cannot time preprocessing: {p} failed to load ({why})")

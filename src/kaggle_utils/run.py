@@ -46,9 +46,23 @@ class Step:
     kind: str = "notebook"  # notebook | pseudo
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps([self.notebook, self.params], sort_keys=True,
+    def key(self, workdir: str | os.PathLike | None = None) -> str:
+        """Hash of the notebook and its parameters, with paths under ``workdir`` written relative to it: a
+        workdir that was moved or copied (Kaggle users copy outputs between kernels) keeps its keys."""
+        params = _relative_to(self.params, str(Path(workdir).resolve())) if workdir is not None else self.params
+        return hashlib.sha256(json.dumps([self.notebook, params], sort_keys=True,
                                          default=str).encode()).hexdigest()[:16]
+
+
+def _relative_to(value: Any, root: str) -> Any:
+    """``value`` with every string path inside ``root`` rewritten as ``<workdir>/...`` (lists, dicts too)."""
+    if isinstance(value, dict):
+        return {k: _relative_to(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_to(v, root) for v in value]
+    if isinstance(value, str) and (value == root or value.startswith(root + os.sep)):
+        return "<workdir>" + value[len(root):]
+    return value
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -61,9 +75,10 @@ PRETRAIN_KEYS = {"val_fraction", "sources", "init"}
 CHAIN_FIELDS = {"out_dir", "cache_dir", "table_csv", "folds_csv", "fold", "init_from", "deadline"}  # set by plan
 
 
-def load_config(path: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+def load_config(path: str | os.PathLike | dict[str, Any], plan_only: bool = False) -> dict[str, Any]:
     """Read and check a chain config: unknown keys, missing files and sources without rows are errors here,
-    before hours of training (``--plan`` shows them without running anything)."""
+    before hours of training (``--plan`` shows them without running anything). ``plan_only``: a source or
+    test set whose files are elsewhere (a Kaggle config planned locally) is fine when it declares ``rows``."""
     if isinstance(path, dict):
         cfg, where = copy.deepcopy(path), "config"
     else:
@@ -71,13 +86,13 @@ def load_config(path: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
             raise FileNotFoundError(f"config file {path} not found")
         cfg, where = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}, str(path)
     try:
-        check_config(cfg)
+        check_config(cfg, plan_only)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{where}: {err}") from err
     return cfg
 
 
-def check_config(cfg: dict[str, Any]) -> None:
+def check_config(cfg: dict[str, Any], plan_only: bool = False) -> None:
     from .assemble import parse_sources
     from .preprocess import PreprocessConfig
     from .train import TrainConfig
@@ -116,11 +131,12 @@ def check_config(cfg: dict[str, Any]) -> None:
             raise ValueError(f"model {m['name']!r} pretrain sources {bad}: not external sources ({sorted(external)})")
     for spec in specs:
         for what, p in (("csv", spec.csv), ("images", spec.images)):
-            if not Path(p).exists():
+            if not Path(p).exists() and not (plan_only and spec.rows):
                 raise FileNotFoundError(f"source {spec.name!r}: {what} {p} does not exist")
     test = cfg.get("test") or {}
+    _unknown("test", test, {"csv", "images", "ext", "rows"})
     for what in ("csv", "images"):
-        if test.get(what) and not Path(test[what]).exists():
+        if test.get(what) and not Path(test[what]).exists() and not (plan_only and test.get("rows")):
             raise FileNotFoundError(f"test {what} {test[what]} does not exist")
     if not test.get("csv") and not any(s.holdout for s in specs):
         raise ValueError("no test set: give 'test: {csv, images}' or a 'holdout' on the competition source")
@@ -277,8 +293,9 @@ class Runner:
     """Executes steps in order under one budget; finished steps (same parameters) are skipped on rerun."""
 
     def __init__(self, workdir: Path, budget_s: float, cell_timeout_s: float, reserve_s: float,
-                 notebooks: Path = NOTEBOOKS, progress: bool = True) -> None:
+                 notebooks: Path = NOTEBOOKS, progress: bool = True, overwrite: bool = False) -> None:
         self.workdir, self.notebooks, self.progress = workdir, notebooks, progress
+        self.overwrite = overwrite  # training steps that run start afresh instead of resuming
         self.start = time.time()
         self.deadline = self.start + budget_s
         self.cell_timeout_s, self.reserve_s = cell_timeout_s, reserve_s
@@ -290,7 +307,7 @@ class Runner:
         return self.deadline - time.time()
 
     def _record(self, step: Step, status: str, seconds: float, output: str, error: str = "") -> None:
-        self.log["steps"][step.name] = {"key": step.key(), "status": status, "seconds": round(seconds, 1),
+        self.log["steps"][step.name] = {"key": step.key(self.workdir), "status": status, "seconds": round(seconds, 1),
                                         "output": output, "error": error, "finished": time.time()}
         io.write_json(self.log_path, self.log)
 
@@ -299,7 +316,7 @@ class Runner:
         it in this chain (a rerun upstream step, e.g. inference with another TTA, makes the rest stale)."""
         done = self.log["steps"].get(step.name, {})
         fresh = done.get("finished", 0) >= self.upstream_finished
-        if done.get("status") == "ok" and done.get("key") == step.key() and fresh:
+        if done.get("status") == "ok" and done.get("key") == step.key(self.workdir) and fresh:
             print(f"[run] {step.name}: done earlier, skipped", flush=True)
             self.upstream_finished = max(self.upstream_finished, done["finished"])
             return
@@ -309,7 +326,7 @@ class Runner:
         params = dict(step.params)
         if step.meta.get("deadline"):  # training stops in time for inference and blending
             params["deadline"] = self.deadline - self.reserve_s
-            if done.get("status") == "ok":  # finished before, but its inputs changed: train anew, not resume
+            if done.get("status") == "ok" or self.overwrite:  # inputs changed (or told): train anew
                 params["overwrite"] = True
         out_nb = self.workdir / "notebooks" / f"{step.name.replace(':', '_')}.ipynb"
         out_nb.parent.mkdir(parents=True, exist_ok=True)
@@ -357,15 +374,17 @@ def pack_parameters(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_chain(config: str | os.PathLike | dict[str, Any], workdir: str | os.PathLike | None = None,
-              budget_s: float | None = None, notebooks: Path = NOTEBOOKS) -> dict[str, Any]:
-    """Run every step of the config (and its pseudo-label rounds); returns the run log."""
+              budget_s: float | None = None, notebooks: Path = NOTEBOOKS,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Run every step of the config (and its pseudo-label rounds); returns the run log. ``overwrite``: training
+    steps that run discard what their out_dir holds (a run with other settings) instead of stopping."""
     cfg = load_config(config)
     work = Path(workdir or cfg.get("workdir", "outputs/run")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     io.write_text(work / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     budget = float(budget_s if budget_s is not None else cfg.get("budget_hours", 9) * 3600)
     runner = Runner(work, budget, float(cfg.get("cell_timeout_s", budget)), float(cfg.get("reserve_s", 0)),
-                    notebooks)
+                    notebooks, overwrite=overwrite)
     rounds = int((cfg.get("pseudo") or {}).get("rounds", 0))
     for round_no in range(rounds + 1):
         if round_no:
@@ -373,7 +392,10 @@ def run_chain(config: str | os.PathLike | dict[str, Any], workdir: str | os.Path
         for step in plan(cfg, work, round_no):
             runner.run(step)
     final = work / ("blend" if rounds == 0 else f"blend_round{rounds}")
-    runner.log["outputs"] = {"submission": str(final / "submission.csv"), "report": str(final / "report.html")}
+    preds = work / ("preds" if rounds == 0 else f"preds_round{rounds}")
+    runner.log["outputs"] = {"submission": str(final / "submission.csv"), "report": str(final / "report.html"),
+                             "failed_images": str(preds / "failed_images.csv"),
+                             "flagged_images": str(preds / "flagged_images.csv")}
     io.write_json(runner.log_path, runner.log)
     return runner.log
 
@@ -396,7 +418,7 @@ def _print_plan(config: str, workdir: str | None, budget_hours: float | None) ->
     from .sources import SourceError
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, plan_only=True)
         if budget_hours is not None:
             cfg["budget_hours"] = budget_hours
         rows, facts = describe(cfg, Path(workdir or cfg.get("workdir", "outputs/run")).resolve())
@@ -415,20 +437,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help="print every step, what it trains on and its estimated time here and on a P100; "
                              "run nothing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="training steps that run start afresh, discarding a run with other settings in "
+                             "their out_dir (instead of stopping with a settings mismatch)")
     args = parser.parse_args(argv)
     budget = None if args.budget_hours is None else args.budget_hours * 3600
     if args.plan:
         return _print_plan(args.config, args.workdir, args.budget_hours)
+    from .sources import SourceError
+
     try:
-        log = run_chain(args.config, args.workdir, budget)
+        log = run_chain(args.config, args.workdir, budget, overwrite=args.overwrite)
     except BudgetExceeded as err:
         print(f"[run] stopped: {err}", file=sys.stderr)
         return 3
+    except (OSError, ValueError, SourceError) as err:  # the config: checked before any step runs
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a step failed; its executed notebook holds the traceback
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
     total = sum(s["seconds"] for s in log["steps"].values())
     print(f"[run] all steps done ({total / 60:.1f} min of step time)")
+    print(f"[run] {test_summary(log.get('outputs', {}))}")
     for key, path in log.get("outputs", {}).items():
         print(f"[run] {key}: {path}")
     return 0
+
+
+def test_summary(outputs: dict[str, str]) -> str:
+    """One line on the test images the submission grades: how many were unreadable (fallback grade) and how
+    many were graded but flagged (tiny, nearly black, no retina), with the first few ids and reasons."""
+    import pandas as pd
+
+    parts = []
+    for key, what in (("failed_images", "unreadable (fallback grade)"), ("flagged_images", "flagged")):
+        path = outputs.get(key)
+        if not path or not Path(path).is_file():
+            parts.append(f"{what}: not recorded")
+            continue
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        shown = "; ".join(f"{r.id}: {r.reason}" for r in df.head(3).itertuples())
+        more = f"; ... {len(df) - 3} more" if len(df) > 3 else ""
+        parts.append(f"{len(df)} {what}" + (f" ({shown}{more})" if len(df) else ""))
+    return "test images: " + ", ".join(parts)
 
 
 if __name__ == "__main__":

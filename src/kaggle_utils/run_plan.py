@@ -21,16 +21,16 @@ from typing import Any
 
 import pandas as pd
 
-from .kernel_plan import ACHIEVED, GPU_PROFILES, KAGGLE_VCPUS, CPU_SCALING, _family
+from .kernel_plan import ACHIEVED, CPU_SCALING, GPU_PROFILES, KAGGLE_VCPUS, _family
 
 # Achieved GFLOP/s here (2 cores), by family: lite0 at 224 px trains at ~13 img/s and predicts at ~58 img/s
 # (0.77 GFLOP forward); SE-ResNeXt50 at 160 px trains at ~5 img/s and predicts at ~22 img/s (4.3 GFLOP).
 CPU_GFLOPS = {"train": {"depthwise": 27.0, "dense": 65.0}, "forward": {"depthwise": 40.0, "dense": 95.0}}
-# Reading a cached image and augmenting it in the training process (num_workers 0): ~80 ms at 224 px here,
-# scaling with the pixel count.
-CPU_LOADER_S_224 = 0.08
-# Kaggle's 4 vCPUs feed the GPU with this many DataLoader workers; a cached PNG at 224 px decodes and augments
-# in ~80 ms on one of them, so loading caps the GPU at about 4 * 0.75 / 0.08 = 37 img/s per (224/size)^2.
+# Reading a cached PNG and augmenting it (the "seed" preset) in one thread: measured 2.6 + 1.9 ms at 224 px
+# here (0.9 + 0.9 at 128, 5.2 + 3.0 at 320), so it scales with the pixel count.
+CPU_LOADER_S_224 = 0.0045
+# Kaggle's 4 vCPUs (2 cores x 2 threads) feed the GPU: about 3 threads' worth of loading, i.e. a cap of
+# ~670 img/s at 224 px, far above what the models here train at.
 KAGGLE_LOADER_WORKERS = KAGGLE_VCPUS * CPU_SCALING
 
 
@@ -73,7 +73,7 @@ def _preprocess_s(table: pd.DataFrame, specs: list[Any], base: dict[str, Any], n
 
     out = {}
     for spec in specs:
-        paths = table.loc[table["dataset"] == spec.name, "path"].head(n).tolist()
+        paths = table.loc[table["dataset"] == spec.name, "path"].head(n).tolist() or _stand_ins(spec)[:n]
         recipe = spec.recipe(base)
         t0 = time.perf_counter()
         for p in paths:
@@ -82,31 +82,55 @@ def _preprocess_s(table: pd.DataFrame, specs: list[Any], base: dict[str, Any], n
     return out
 
 
+def _stand_ins(spec: Any) -> list[str]:
+    """Real originals in ../shared/data/raw that time a source whose files are not on this machine."""
+    from .kernel_plan import plan_images
+
+    raw = plan_images()[0].parent
+    pattern = "aptos_*.png" if spec.reader == "aptos" else "idrid_*.jpg"
+    return [str(p) for p in sorted(raw.glob(pattern))] or [str(p) for p in plan_images()]
+
+
+def _load_counted(specs: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Rows of the sources that are here; the others count as their declared ``rows``."""
+    from .assemble import load_specs
+
+    here = [s for s in specs if Path(s.csv).is_file()]
+    elsewhere = [s.name for s in specs if s not in here]
+    if here:
+        table, skipped = load_specs(here)
+    else:
+        table, skipped = pd.DataFrame(columns=["id", "path", "dataset"]), pd.DataFrame()
+    return table, skipped, elsewhere
+
+
 def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per step: what it does, on which rows, and its estimated seconds here and on a P100."""
     from . import run
-    from .assemble import load_specs, parse_sources
+    from .assemble import parse_sources
 
     specs = parse_sources(cfg["data"])
-    table, skipped = load_specs(specs)
-    counts = table["dataset"].value_counts().to_dict()
+    table, skipped, elsewhere = _load_counted(specs)
+    counts = {**table["dataset"].value_counts().to_dict(), **{s.name: int(s.rows) for s in specs
+                                                              if s.name in elsewhere}}
     comp = next(s for s in specs if s.role == "competition")
     n_folds = int((cfg.get("folds") or {}).get("n_folds", 5))
     n_comp = counts[comp.name] - comp.holdout
     val_fraction = float((cfg.get("pretrain") or {}).get("val_fraction", 0.0))
     models = {m["name"]: m for m in run.expand_models(cfg)}
     test = cfg.get("test") or {}
-    n_test = len(pd.read_csv(test["csv"])) if test.get("csv") else comp.holdout
+    n_test = (len(pd.read_csv(test["csv"])) if Path(test["csv"]).is_file() else int(test["rows"])) \
+        if test.get("csv") else comp.holdout
     infer_cfg = cfg.get("infer") or {}
     from .infer import tta_views
 
     views = tta_views(str(infer_cfg.get("tta", "none")))
     rows: list[dict[str, Any]] = []
-    steps = run.plan(run.load_config(cfg), workdir)
+    steps = run.plan(run.load_config(cfg, plan_only=True), workdir)
     for step in steps:
         p = step.params
         if step.notebook == "preprocess":
-            n = len(table)
+            n = sum(counts.values())
             per = _preprocess_s(table, specs, {k: v for k, v in p.items() if k in _PRE_KEYS})
             here = sum(per[s.name] * counts.get(s.name, 0) for s in specs) / max(1, int(p.get("workers", 1)))
             kaggle = here * max(1, int(p.get("workers", 1))) / KAGGLE_LOADER_WORKERS
@@ -134,6 +158,7 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
         rows.append({"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
                      "p100_s": 10.0})
     facts = {"skipped_rows": len(skipped), "counts": counts, "n_comp": n_comp, "n_test": n_test,
+             "elsewhere": elsewhere,
              "budget_s": float(cfg.get("budget_hours", 9)) * 3600}
     return rows, facts
 
@@ -189,8 +214,11 @@ def format_plan(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
     here, p100 = sum(r["here_s"] for r in rows), sum(r["p100_s"] for r in rows)
     budget = facts["budget_s"]
     lines += ["-" * len(head),
-              f"total: {_hm(here)} here (2 CPU cores), {_hm(p100)} on a Kaggle P100; budget {_hm(budget)}"
-              + ("" if here <= budget else f"  WARNING: past the budget here by {_hm(here - budget)}"),
+              f"total: {_hm(here)} here (2 CPU cores), {_hm(p100)} on a Kaggle P100; budget {_hm(budget)}: "
+              + ", ".join(f"{'fits' if t <= budget else 'past it by ' + _hm(t - budget)} {where}"
+                          for t, where in ((here, "here"), (p100, "on a P100"))),
+              *([f"not on this machine: {', '.join(facts['elsewhere'])} (declared rows; preprocessing timed on "
+                 "stand-in originals from ../shared/data/raw)"] if facts["elsewhere"] else []),
               f"{facts['skipped_rows']} label row(s) will be skipped (bad grade or missing image); folds and "
               "duplicates are made by the preprocess step, so '~' counts are before duplicate removal.",
               "Times: counted FLOPs x measured CPU rates here; P100 from its peak and kernel_plan's achieved "

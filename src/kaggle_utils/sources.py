@@ -503,16 +503,49 @@ def _build(
 
 
 def test_table(test_csv: str | os.PathLike, test_images: str | os.PathLike | None = None,
-               ext: str = ".png", id_col: str = "id_code") -> pd.DataFrame:
+               ext: str = ".png", id_col: str = "id_code", allow_empty: bool = False) -> pd.DataFrame:
     """``id, path`` for every row of the test CSV, in its order: a Kaggle ``test.csv`` (``id_code``) plus an
     image folder, or (``test_images=None``) a table that already has ``id, path``. Missing files stay in:
-    they fail to load and get a fallback grade, so the submission still covers every id."""
-    df = pd.read_csv(test_csv, dtype=str)
+    they fail to load and get a fallback grade, so the submission still covers every id.
+
+    Ids are text exactly as written (``NA``, ``null``, ``nan`` and ``0001`` are ids, not missing values or
+    numbers). A repeated or blank id is a :class:`SourceError` naming them, raised here, before hours of
+    inference, because a submission needs one row per id. A header-only file is a SourceError too (a wrong
+    file, not a Kaggle test set; blending has nothing to fit thresholds against), or with ``allow_empty`` an
+    empty table, which :func:`kaggle_utils.infer.infer` turns into header-only prediction files.
+    """
+    path = Path(test_csv)
+    if not path.is_file():
+        raise SourceError(f"test CSV not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path} is empty (not even a header row)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SourceError(f"{path}: cannot parse CSV ({err})") from err
+    df.columns = [str(c).strip() for c in df.columns]
     if test_images is None:
         if not {"id", "path"} <= set(df.columns):
-            raise SourceError(f"{test_csv} needs id,path columns (or pass test_images)")
-        return df.reset_index(drop=True)
-    if id_col not in df.columns:
-        raise SourceError(f"{test_csv} has no {id_col!r} column; columns: {list(df.columns)}")
-    ids = df[id_col].astype(str)
-    return pd.DataFrame({"id": ids, "path": [str(Path(test_images) / f"{i}{ext}") for i in ids]})
+            raise SourceError(f"{path} needs id,path columns (or pass test_images); columns: {list(df.columns)}")
+        col = "id"
+    elif id_col not in df.columns:
+        raise SourceError(f"{path} has no {id_col!r} column; columns: {list(df.columns)}")
+    else:
+        col = id_col
+    ids = df[col].astype(str).str.strip()
+    blank = [int(i) + 2 for i in np.flatnonzero((ids == "").to_numpy())]
+    if blank:
+        raise SourceError(f"{path}: {len(blank)} row(s) without an {col!r}, at CSV line(s) {blank[:MAX_LISTED]}")
+    repeated = ids[ids.duplicated(keep=False)]
+    if len(repeated):
+        counts = repeated.value_counts(sort=False)
+        listed = ", ".join(f"{i!r} x{n}" for i, n in list(counts.items())[:MAX_LISTED])
+        more = f" and {len(counts) - MAX_LISTED} more" if len(counts) > MAX_LISTED else ""
+        raise SourceError(f"{path}: {len(counts)} id(s) repeat ({listed}{more}); a submission needs one row "
+                          "per id: remove the repeats")
+    if ids.empty and not allow_empty:
+        raise SourceError(f"{path} lists no test images (only a header row); nothing to predict or submit")
+    if test_images is None:
+        return df.assign(id=ids).reset_index(drop=True)
+    return pd.DataFrame({"id": ids, "path": [str(Path(test_images) / f"{i}{ext}") for i in ids]},
+                        dtype=object)

@@ -100,7 +100,7 @@ class TrainConfig:
     model: str = "efficientnet-lite0"
     head: str = "regression"
     pool: str = "avg"
-    pretrained: bool | str = False
+    pretrained: bool | str = True  # ImageNet weights found offline (kaggle_utils.weights); the notebook's default too
     loss: str | None = None  # kaggle_utils.losses name; None: mse / bce / ce by head
     size: int = 224
     # optimisation
@@ -160,14 +160,23 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """A fold's settings from YAML or JSON (``configs/fold_example.yaml`` lists the usual ones); every error
+        is a ValueError/FileNotFoundError naming the file."""
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found (see configs/fold_example.yaml)")
         text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as err:  # yaml.YAMLError / json.JSONDecodeError
+            raise ValueError(f"{path}: cannot parse ({str(err).splitlines()[0]})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
@@ -393,7 +402,16 @@ def load_table(cfg: TrainConfig, table: pd.DataFrame | None = None) -> pd.DataFr
 
             table = load_cache(cfg.cache_dir)
         elif cfg.table_csv:
+            if not Path(cfg.table_csv).is_file():
+                raise FileNotFoundError(f"table_csv {cfg.table_csv} not found")
             table = pd.read_csv(cfg.table_csv, dtype={"id": str})
+            missing = [c for c in ("id", "path", "grade") if c not in table.columns]
+            if missing:
+                hint = (" (an APTOS train.csv: run `python -m kaggle_utils.preprocess --source aptos --csv train.csv "
+                        "--images train_images --out CACHE --folds 5` and set cache_dir/folds_csv instead)"
+                        if {"id_code", "diagnosis"} <= set(table.columns) else "")
+                raise ValueError(f"table_csv {cfg.table_csv} lacks column(s) {missing}; needs id, path, grade"
+                                 f"[, fold]{hint}")
             root = Path(cfg.table_csv).resolve().parent
             table["path"] = [str(p if Path(p).is_absolute() else root / p) for p in table["path"]]
         else:
@@ -631,7 +649,8 @@ class Trainer:
         saved_path = self.out / "config.json"
         saved = io.read_json(saved_path) if saved_path.exists() else load_checkpoint(last)["config"]
         mine = self.cfg.result_fields()
-        diffs = {k: (saved.get(k), v) for k, v in mine.items() if _norm(saved.get(k)) != _norm(v)}
+        diffs = {k: (saved.get(k), v) for k, v in mine.items() if _norm(saved.get(k)) != _norm(v)
+                 and not _same_place(k, saved, self.cfg.to_dict())}
         if diffs:
             lines = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
             raise ConfigMismatchError(
@@ -869,7 +888,7 @@ class Trainer:
     def _bar(self) -> Any:
         if not (self.cfg.progress and self.dist.is_main):
             return None
-        from tqdm.auto import tqdm
+        from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
         return tqdm(total=self.steps_per_epoch, initial=self.step, leave=False, dynamic_ncols=True,
                     desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
@@ -1025,13 +1044,25 @@ class WeightAverager:
             self.sums, self.count, self.epochs = state["sums"], state["count"], list(state["epochs"])
 
 
+PATH_FIELDS = ("cache_dir", "table_csv", "folds_csv", "init_from")
+
+
+def _same_place(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """A path field that points at the same place relative to out_dir: the workdir was moved or copied (Kaggle
+    users copy outputs between kernels), which must not stop a resume."""
+    a, b = saved.get(key), now.get(key)
+    if key not in PATH_FIELDS or not (a and b and saved.get("out_dir") and now.get("out_dir")):
+        return False
+    return os.path.relpath(a, saved["out_dir"]) == os.path.relpath(b, now["out_dir"])
+
+
 def _norm(value: Any) -> Any:
     """JSON round-trip so tuples vs lists and ints vs floats from JSON compare equal."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _say(msg: str) -> None:
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
     tqdm.write(msg, file=sys.stderr)
 
@@ -1112,18 +1143,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a field; VALUE parsed as JSON when possible (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing run in out_dir")
     args = parser.parse_args(argv)
-    cfg = TrainConfig.from_file(args.config)
-    changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            changes[key] = json.loads(value)
-        except json.JSONDecodeError:
-            changes[key] = value
-    if args.overwrite:
-        changes["overwrite"] = True
-    cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes})
-    result = train_fold(cfg)
+    try:
+        cfg = TrainConfig.from_file(args.config)
+        changes = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            try:
+                changes[key] = json.loads(value)
+            except json.JSONDecodeError:
+                changes[key] = value
+        if args.overwrite:
+            changes["overwrite"] = True
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes}).validate()
+        result = train_fold(cfg)
+    except (OSError, KeyError, ValueError) as err:  # config, data and settings-mismatch errors: one line
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {str(msg).splitlines()[0]}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     return 0

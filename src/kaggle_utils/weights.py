@@ -261,7 +261,7 @@ def download(
     if target.is_file() and not force:
         with contextlib.suppress(WeightsError):
             return verify_file(target, entry)
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
     digest = hashlib.sha256()
     try:
