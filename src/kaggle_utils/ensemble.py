@@ -344,10 +344,9 @@ def blend_runs(oof_runs: Mapping[str, RunSource] | Sequence[PathLike],
     thr_oof = fit_thresholds(oof["blend"].to_numpy(), y)
     readable = np.isfinite(test[models].to_numpy(float)).all(axis=1)  # unreadable images stay NaN
     test["blend"] = np.nan
-    if readable.any():
-        test.loc[readable, "blend"] = blend(test.loc[readable, models], weights)
     prior, thr_shift = None, None
     if readable.any():
+        test.loc[readable, "blend"] = blend(test.loc[readable, models], weights)
         prior = shift.estimate_prior(y, oof["blend"].to_numpy(), test.loc[readable, "blend"].to_numpy(),
                                      method=prior_method, thresholds=thr_oof, n_boot=n_boot, seed=seed)
         thr_shift = shift.prior_shift_thresholds(oof["blend"].to_numpy(), y, prior.prior, init=thr_oof)

@@ -289,7 +289,7 @@ def predict_runs(runs: Sequence[Run], table: pd.DataFrame, tta: str = "none", ba
     """
     from tqdm.std import tqdm  # text bar: tqdm.auto warns "IProgress not found" in kernels without ipywidgets
 
-    tta_views(tta)
+    n_views = tta_views(tta)  # validates ``tta`` before any image is read
     missing = [c for c in ("id", "path") if c not in table.columns]
     if missing:
         raise InferenceError(f"test table lacks column(s) {missing}; columns: {list(table.columns)}")
@@ -300,7 +300,6 @@ def predict_runs(runs: Sequence[Run], table: pd.DataFrame, tta: str = "none", ba
         groups.setdefault((run.preprocess, run.size), []).append(run)
     for (cfg, size), group in groups.items():
         models = [m for run in group for m in run.models]
-        n_views = tta_views(tta)
         preds = np.full((len(models), len(ids)), np.nan, dtype=np.float64)
         per_view = np.full((len(models), n_views, len(ids)), np.nan, dtype=np.float64)
         reasons, flags = [""] * len(ids), [""] * len(ids)
@@ -322,13 +321,15 @@ def predict_runs(runs: Sequence[Run], table: pd.DataFrame, tta: str = "none", ba
         per_view[:, :, failed] = np.nan
         start = 0
         for run in group:
-            fold_preds = preds[start:start + len(run.models)]
+            members = slice(start, start + len(run.models))
             start += len(run.models)
+            fold_preds = preds[members]
             df = pd.DataFrame({"id": ids, "pred": fold_preds.mean(axis=0)})
             for fold, row in zip(run.folds, fold_preds, strict=True):
                 df[f"pred_fold{fold}"] = row
-            view_cols = {f"pred_fold{fold}_view{v}": per_view[start - len(run.models) + i, v]
-                         for i, fold in enumerate(run.folds) for v in range(n_views)} if n_views > 1 else {}
+            view_cols = {f"pred_fold{fold}_view{v}": views[v]
+                         for fold, views in zip(run.folds, per_view[members], strict=True)
+                         for v in range(n_views)} if n_views > 1 else {}
             df = df.assign(**view_cols)  # written apart, to VIEWS_FILE, by write_predictions
             df["status"] = np.where(failed, "failed", "ok")
             df["reason"] = reasons

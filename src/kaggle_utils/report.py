@@ -443,7 +443,7 @@ def plot_fold_thresholds(table: pd.DataFrame, global_thr: Sequence[float], path:
 
 
 def _shakeup_choices(oof: pd.DataFrame, cols: Sequence[str], per_thr: Mapping[str, np.ndarray], head: str,
-                     y: np.ndarray, thr_sets: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                     thr_sets: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Hard OOF grades per competing choice: each blend member at its cut points, the blend at each set."""
     p = oof[head].to_numpy(float)
     out = {c: metrics.apply_thresholds(oof[c].to_numpy(float), per_thr[c]) for c in cols if c != head}
@@ -456,7 +456,7 @@ def shakeup_section(oof: pd.DataFrame, cols: Sequence[str], per_thr: Mapping[str
                     n_sims: int, prior: shift.PriorEstimate | None) -> tuple[list[str], dict[str, Path], dict]:
     """HTML, files and summary numbers of the shake-up simulator (see :func:`kaggle_utils.shift.shakeup`)."""
     y = true_grades(oof["grade"])
-    grades = _shakeup_choices(oof, cols, per_thr, head, y, thr_sets)
+    grades = _shakeup_choices(oof, cols, per_thr, head, thr_sets)
     sims = shift.shakeup(y, grades, *sizes, n_sims=n_sims, seed=0)
     tabs = {"as OOF": (sims, shift.shakeup_summary(sims), shift.flip_rates(sims))}
     if prior is not None:

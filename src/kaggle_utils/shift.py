@@ -42,9 +42,14 @@ _GRID = np.linspace(-1.0, 5.0, 601)  # the KDE is tabulated here; test predictio
 
 
 # ------------------------------------------------------------------------------------------------ priors
+def _grades(values: Any, n_classes: int = N_CLASSES) -> np.ndarray:
+    """Integer grades 0..n_classes-1 from labels or continuous values (rounded, clipped)."""
+    return np.clip(np.rint(np.asarray(values, float)), 0, n_classes - 1).astype(int)
+
+
 def grade_prior(grades: Any, n_classes: int = N_CLASSES, weights: Any = None) -> np.ndarray:
     """Share of each grade 0..n_classes-1 (sums to 1)."""
-    g = np.clip(np.rint(np.asarray(grades, float)), 0, n_classes - 1).astype(int)
+    g = _grades(grades, n_classes)
     counts = np.bincount(g, weights=weights, minlength=n_classes).astype(float)
     if counts.sum() <= 0:
         raise ValueError("grade_prior needs at least one (positively weighted) grade")
@@ -95,7 +100,7 @@ class GradeLikelihood:
 
     @classmethod
     def fit(cls, y_oof: Any, pred_oof: Any, n_classes: int = N_CLASSES, min_bw: float = 0.1) -> GradeLikelihood:
-        y = np.clip(np.rint(np.asarray(y_oof, float)), 0, n_classes - 1).astype(int)
+        y = _grades(y_oof, n_classes)
         p = np.asarray(pred_oof, float)
         dens = np.zeros((n_classes, len(_GRID)))
         for k in range(n_classes):
@@ -186,7 +191,7 @@ def estimate_prior(y_oof: Any, pred_oof: Any, pred_test: Any, method: str = "em"
     interval resamples OOF and test rows together (``n_boot`` times, seeded): it covers the calibration's
     noise as well as the test sample's. NaN test predictions (unreadable images) are ignored.
     """
-    y = np.clip(np.rint(np.asarray(y_oof, float)), 0, N_CLASSES - 1).astype(int)
+    y = _grades(y_oof)
     p = np.asarray(pred_oof, float)
     q = np.asarray(pred_test, float)
     q = q[np.isfinite(q)]
@@ -205,7 +210,7 @@ def estimate_prior(y_oof: Any, pred_oof: Any, pred_test: Any, method: str = "em"
 # -------------------------------------------------------------------------------------------- thresholds
 def importance_weights(y_oof: Any, target_prior: Any, train_prior: Any = None) -> np.ndarray:
     """``target[y] / train[y]`` per OOF row: reweights OOF to the target grade mix (mean weight 1)."""
-    y = np.clip(np.rint(np.asarray(y_oof, float)), 0, N_CLASSES - 1).astype(int)
+    y = _grades(y_oof)
     train = grade_prior(y) if train_prior is None else np.asarray(train_prior, float)
     target = np.asarray(target_prior, float)
     ratio = np.divide(target, train, out=np.zeros_like(target), where=train > 0)
@@ -225,7 +230,7 @@ def prior_shift_thresholds(pred_oof: Any, y_oof: Any, target_prior: Any,
 def resample_to_prior(y: Any, target_prior: Any, n: int, seed: int = 0) -> np.ndarray:
     """Row indices of ``y`` drawn (with replacement) so the grades follow ``target_prior``: a synthetic label
     shift made of real predictions."""
-    y = np.clip(np.rint(np.asarray(y, float)), 0, N_CLASSES - 1).astype(int)
+    y = _grades(y)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.asarray(target_prior, float))
     parts = [rng.choice(np.flatnonzero(y == k), c, replace=True) for k, c in enumerate(counts) if c]
@@ -242,7 +247,7 @@ def shakeup(y: Any, grades: Mapping[str, Any], n_public: int = APTOS_PUBLIC, n_p
     sim is a random disjoint split; otherwise rows are drawn with replacement (the OOF set as the population).
     ``weights`` (e.g. :func:`importance_weights`) draws rows in proportion, simulating a shifted test set.
     """
-    y = np.clip(np.rint(np.asarray(y, float)), 0, N_CLASSES - 1).astype(int)
+    y = _grades(y)
     g = {k: np.asarray(v, int) for k, v in grades.items()}
     n, m = len(y), n_public + n_private
     prob = None if weights is None else np.asarray(weights, float) / np.sum(weights)
@@ -293,7 +298,7 @@ def flip_rates(sims: pd.DataFrame) -> pd.DataFrame:
 
 def bootstrap_qwk(y: Any, grades: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """CV QWK with a percentile bootstrap interval over images (the fitted thresholds held fixed)."""
-    t = np.clip(np.rint(np.asarray(y, float)), 0, N_CLASSES - 1).astype(int)
+    t = _grades(y)
     g = np.asarray(grades, int)
     rng = np.random.default_rng(seed)
     boots = np.array([metrics._qwk(t[i], g[i], N_CLASSES, 0.0)
