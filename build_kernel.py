@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # this checkout, installed or not
 
-from kaggle_utils.kernel import main  # noqa: E402
+from kaggle_utils.kernel.__main__ import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """End-to-end inference throughput vs the model's forward alone, images/s side by side.
 
-End to end: :func:`kaggle_utils.infer.predict_runs` on real photographs (``../shared/data/idrid_train``,
+End to end: :func:`kaggle_utils.inference.predict.predict_runs` on real photographs (``../shared/data/idrid_train``,
 1024x680 JPEGs): read, reduced-scale decode, retina crop, resize, batch, forward; TTA off. Image loading
 runs in background threads while the model computes. Forward alone: the same model (channels-last, as
 inference loads it), batch and number of images, on uint8 tensors already in memory (normalisation included, as both paths do it on the device).
@@ -23,9 +23,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from kaggle_utils import infer  # noqa: E402
+from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_image  # noqa: E402
+from kaggle_utils.inference import predict as infer  # noqa: E402
 from kaggle_utils.models import create_model  # noqa: E402
-from kaggle_utils.preprocess import PreprocessConfig, preprocess_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from kaggle_utils import kernel  # noqa: E402
+from kaggle_utils.kernel import plan as kernel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Decode + crop + resize to 512: the public kernels' way vs kaggle_utils.preprocess, on the raw originals.
+"""Decode + crop + resize to 512: the public kernels' way vs kaggle_utils.data.preprocess, on the raw originals.
 
 Naive (what APTOS kernels do): ``cv2.imread`` at full size, BGR->RGB, gray threshold crop
 ``img[mask.any(1)][:, mask.any(0)]`` (tol 7), ``cv2.resize`` to 512x512.
@@ -27,8 +27,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kaggle_utils import preprocess  # noqa: E402
-from kaggle_utils.preprocess import crop_retina, read_image, resize_square  # noqa: E402
+from kaggle_utils.data import decode
+from kaggle_utils.data.decode import read_image  # noqa: E402
+from kaggle_utils.data.preprocess import crop_retina, resize_square
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
@@ -69,7 +70,7 @@ def main() -> None:
     for path in files:  # warm the page cache and both code paths
         naive(path, args.size), project(path, args.size)
 
-    print(f"PNG decoder: project {preprocess.png_decoder()}, naive cv2.imread")
+    print(f"PNG decoder: project {decode.png_decoder()}, naive cv2.imread")
     rows = []
     print(f"{'file':32s} {'size':>10s} {'naive ms':>9s} {'project ms':>10s} {'ratio':>6s}")
     for path in files:

@@ -34,8 +34,10 @@ def train_and_predict(size: int, n_folds: int, epochs: int, threads: int) -> Non
     """Cache IDRiD, train the folds, predict OOF (hflip) and EyePACS (hflip) into OUT/preds/lite0."""
     import torch
 
-    from kaggle_utils import cache, folds, infer, sources, train
-    from kaggle_utils.preprocess import PreprocessConfig
+    from kaggle_utils.data import cache, folds, sources
+    from kaggle_utils.data.preprocess import PreprocessConfig
+    from kaggle_utils.inference import predict as infer
+    from kaggle_utils.training import loop
 
     torch.set_num_threads(threads)
     t0 = time.time()
@@ -46,7 +48,7 @@ def train_and_predict(size: int, n_folds: int, epochs: int, threads: int) -> Non
     print(f"cache {time.time() - t0:.0f}s")
     run_dir = OUT / "runs" / "lite0"
     for k in range(n_folds):
-        res = train.train_fold({"out_dir": str(run_dir / f"fold{k}"), "cache_dir": str(OUT / "cache"), "fold": k,
+        res = loop.train_fold({"out_dir": str(run_dir / f"fold{k}"), "cache_dir": str(OUT / "cache"), "fold": k,
                                 "n_folds": n_folds, "model": "efficientnet-lite0", "pretrained": True, "size": size,
                                 "epochs": epochs, "batch_size": 16, "lr": 1e-3, "num_workers": 0,
                                 "monitor": "val_loss", "progress": False, "seed": 0}, table=table)
@@ -64,7 +66,8 @@ def train_and_predict(size: int, n_folds: int, epochs: int, threads: int) -> Non
 
 def analyse(n_boot: int) -> dict:
     """Prior estimates and QWK on EyePACS under both threshold choices; writes OUT/shift_summary.json."""
-    from kaggle_utils import metrics, shift
+    from kaggle_utils import metrics
+    from kaggle_utils.inference import shift
 
     oof = pd.read_csv(OUT / "preds" / "lite0" / "oof.csv", dtype={"id": str})
     test = pd.read_csv(OUT / "preds" / "lite0" / "test_preds.csv", dtype={"id": str})

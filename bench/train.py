@@ -1,4 +1,4 @@
-"""Training throughput: the project's loop (kaggle_utils.train) vs a bare PyTorch loop, images/s side by side.
+"""Training throughput: the project's loop (kaggle_utils.training.loop) vs a bare PyTorch loop, images/s side by side.
 
 Project: ``Trainer.train_epoch`` exactly as ``train_fold`` runs it - in-memory FundusDataset (uint8 images,
 normalised per sample), resumable sampler, DataLoader, LR schedule, loss bookkeeping, deadline/checkpoint
@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from kaggle_utils import train  # noqa: E402
+from kaggle_utils.training import checkpoint, config, loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,11 +61,11 @@ def real_images(n: int, size: int, out: Path) -> pd.DataFrame:
 class Bare:
     """The textbook loop on the same data, already a normalised tensor on the device."""
 
-    def __init__(self, trainer: train.Trainer, seed: int):
+    def __init__(self, trainer: loop.Trainer, seed: int):
         cfg = trainer.cfg
-        train.seed_everything(cfg.seed)
+        checkpoint.seed_everything(cfg.seed)
         self.device = trainer.device
-        self.model = train.build_model(cfg).to(self.device)
+        self.model = loop.build_model(cfg).to(self.device)
         self.channels_last, self.amp = trainer.channels_last, trainer.amp
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.channels_last:
@@ -97,13 +97,13 @@ class Bare:
             torch.cuda.synchronize()
 
 
-def project_runner(trainer: train.Trainer, steps: int):
+def project_runner(trainer: loop.Trainer, steps: int):
     """``steps`` optimiser steps of the real loop: one short 'epoch' of train_epoch per call."""
     trainer.steps_per_epoch = steps
 
     def run() -> None:
         trainer.step, trainer.epoch_loss_sum, trainer.epoch_count, trainer.epoch_time = 0, 0.0, 0, 0.0
-        with train._determinism(train._wants_determinism(trainer.cfg)):
+        with checkpoint.deterministic(checkpoint.wants_determinism(trainer.cfg)):
             assert trainer.train_epoch()
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
@@ -133,12 +133,12 @@ def main() -> None:
     n_images = max(args.batch * args.steps * 10 // 9 + args.batch, 80)
     with tempfile.TemporaryDirectory() as tmp:
         table = real_images(n_images, args.size, Path(tmp))
-        cfg = train.TrainConfig(
+        cfg = config.TrainConfig(
             out_dir=str(Path(tmp) / "out"), model=args.model, size=args.size, batch_size=args.batch, lr=1e-4,
             epochs=1000, warmup_epochs=0, augmentation="none", in_memory=True, progress=False,
             num_workers=min(4, os.cpu_count() or 1) if cuda else 0, device="cuda" if cuda else "cpu",
             checkpoint_every_steps=None)
-        trainer = train.Trainer(cfg, table)
+        trainer = loop.Trainer(cfg, table)
         if trainer.sampler.shard_size < args.batch * args.steps:
             raise SystemExit(f"{trainer.sampler.shard_size} training images < one chunk of {args.steps} steps")
         bare = Bare(trainer, cfg.seed)

@@ -46,7 +46,8 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import IFrame, display
 
-from kaggle_utils import ensemble, io, report, shift
+from kaggle_utils import io, report
+from kaggle_utils.inference import ensemble, shift
 
 names = [Path(d).name for d in run_dirs]
 test_ids = pd.read_csv(test_csv, dtype=str)[test_id_col]

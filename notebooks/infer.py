@@ -37,22 +37,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from kaggle_utils import infer, io
+from kaggle_utils import io
+from kaggle_utils.data import sources
+from kaggle_utils.inference import predict
 
-test = infer.test_table(test_csv, test_images, ext=test_ext)
+test = sources.test_table(test_csv, test_images, ext=test_ext)
 print(f"{len(test)} test images")
 
 # %%
-results = infer.infer(run_dirs, test, out_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
+results = predict.infer(run_dirs, test, out_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
 for name, df in results.items():
     print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} failed, "
           f"{int((df['flag'] != '').sum())} flagged")
 if oof_tta:
     for run_dir in run_dirs:
-        oof = infer.predict_oof(run_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
+        oof = predict.predict_oof(run_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
         io.write_csv(f"{out_dir}/{Path(run_dir).name}/oof.csv", oof)
-failed = pd.read_csv(f"{out_dir}/{infer.FAILED_FILE}", dtype=str, keep_default_na=False)
-flagged = pd.read_csv(f"{out_dir}/{infer.FLAGGED_FILE}", dtype=str, keep_default_na=False)
+failed = pd.read_csv(f"{out_dir}/{predict.FAILED_FILE}", dtype=str, keep_default_na=False)
+flagged = pd.read_csv(f"{out_dir}/{predict.FLAGGED_FILE}", dtype=str, keep_default_na=False)
 pd.concat([failed.assign(status="failed"), flagged], ignore_index=True)
 
 # %%

@@ -63,16 +63,17 @@ prior_method = "em"  # em | bbse
 # %%
 from pathlib import Path
 
-from kaggle_utils import ensemble, infer
+from kaggle_utils.data import sources
+from kaggle_utils.inference import ensemble, predict
 
 run_dirs = sorted(str(p) for p in Path(models_dir).iterdir() if p.is_dir())
 names = [Path(d).name for d in run_dirs]
-test = infer.test_table(test_csv, test_images, ext=test_ext)
+test = sources.test_table(test_csv, test_images, ext=test_ext)
 print(f"{len(test)} test images; runs {names}")
 
 # %%
 preds_dir = Path(out_dir) / "preds"
-results = infer.infer(run_dirs, test, preds_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
+results = predict.infer(run_dirs, test, preds_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
 for name, df in results.items():
     print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} unreadable")
 

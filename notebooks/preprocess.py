@@ -49,7 +49,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from kaggle_utils import assemble, folds, io
+from kaggle_utils import io
+from kaggle_utils.data import assemble, folds
 
 out, tables = Path(out_dir), Path(table_dir or out_dir)
 data = {"sources": sources} if sources else {"source": source, "csv": labels_csv, "images": images_dir,

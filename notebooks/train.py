@@ -53,8 +53,8 @@ overrides = {}  # any other TrainConfig field, e.g. {"warmup_epochs": 1, "schedu
 import pandas as pd
 from IPython.display import Image, display
 
-from kaggle_utils.assemble import stage_table
-from kaggle_utils.train import TrainConfig, load_table, train_fold
+from kaggle_utils.data.assemble import stage_table
+from kaggle_utils.training import TrainConfig, load_table, train_fold
 
 fields = {k: v for k, v in dict(globals()).items() if k in TrainConfig.__dataclass_fields__}
 cfg = TrainConfig.from_dict({**fields, **overrides})

@@ -6,7 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kaggle_utils import assemble, run
+from kaggle_utils.data import assemble
+from kaggle_utils.run import __main__ as run_cli
+from kaggle_utils.run import chain
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -91,7 +93,7 @@ def test_table_groups_patients_and_drops_external_duplicates_of_competition_imag
 def test_two_stage_multi_source_chain(sample_dir, tmp_path):
     cfg = _config(sample_dir, tmp_path)
     work = Path(cfg["workdir"])
-    log = run.run_chain(cfg)
+    log = chain.run_chain(cfg)
     assert list(log["steps"]) == ["preprocess:cache0", "pretrain:lite0", "train:lite0_s0:fold0",
                                   "train:lite0_s0:fold1", "train:lite0_s1:fold0", "train:lite0_s1:fold1",
                                   "infer", "blend"]
@@ -122,7 +124,7 @@ def test_two_stage_multi_source_chain(sample_dir, tmp_path):
     sub = pd.read_csv(work / "blend" / "submission.csv", dtype=str)
     assert set(sub["id_code"]) == held_out
 
-    rerun = run.run_chain(cfg)  # every step finished: all skipped
+    rerun = chain.run_chain(cfg)  # every step finished: all skipped
     assert rerun["steps"] == log["steps"]
 
 
@@ -133,7 +135,7 @@ def test_plan_of_every_config_lists_its_stages(config, capsys):
         pytest.skip("not a chain config")
     if "sources" in cfg["data"] and not SHARED.is_dir():
         pytest.skip("../shared/data not present")
-    assert run.main([str(config), "--plan"]) == 0
+    assert run_cli.main([str(config), "--plan"]) == 0
     out = capsys.readouterr().out
     assert "preprocess:cache0" in out and "infer" in out and "blend" in out
     assert "P100" in out
@@ -162,7 +164,7 @@ def test_config_errors_are_reported_before_running(tmp_path, sample_dir, capsys)
         import yaml
 
         p.write_text(yaml.safe_dump(cfg))
-        assert run.main([str(p), "--plan"]) == 2
+        assert run_cli.main([str(p), "--plan"]) == 2
         assert message in capsys.readouterr().err
     empty = tmp_path / "empty.csv"
     empty.write_text("id_code,diagnosis\nnot_there,1\n")
@@ -171,6 +173,6 @@ def test_config_errors_are_reported_before_running(tmp_path, sample_dir, capsys)
          "holdout": 6},
         {"name": "b", "reader": "idrid", "csv": str(empty), "images": str(sample_dir / "images"), "role": "external"}]}}
     p.write_text(yaml.safe_dump(cfg))
-    assert run.main([str(p), "--plan"]) == 2
+    assert run_cli.main([str(p), "--plan"]) == 2
     err = capsys.readouterr().err
     assert "source 'b'" in err and "no usable row" in err

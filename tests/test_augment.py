@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kaggle_utils.augment import PRESETS, get_augmentation, reseed
+from kaggle_utils.data.augment import PRESETS, get_augmentation, reseed
 
 SIZE = 128
 

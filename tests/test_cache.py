@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import cache
-from kaggle_utils import preprocess as P
+from kaggle_utils.data import __main__ as data_cli
+from kaggle_utils.data import cache, preprocess
 from kaggle_utils.io import read_json
 
-CFG = P.PreprocessConfig(size=96, circle=True)
+CFG = preprocess.PreprocessConfig(size=96, circle=True)
 BAD = {  # id -> words the failure reason must contain
     "truncated": "truncated JPEG",
     "empty": "zero-byte",
@@ -91,7 +91,7 @@ def test_build_cache_parallel_with_broken_files(table: pd.DataFrame, tmp_path: P
     assert list(manifest.columns[:7]) == cache.FIRST_COLUMNS and "eye" in manifest.columns
     on_disk = pd.read_csv(out / "manifest.csv", dtype={"id": str})
     assert list(on_disk["id"]) == list(manifest["id"]) and list(on_disk["status"]) == list(manifest["status"])
-    assert P.PreprocessConfig.from_dict(read_json(out / "preprocess.json")) == CFG
+    assert preprocess.PreprocessConfig.from_dict(read_json(out / "preprocess.json")) == CFG
     loaded = cache.load_cache(out)
     assert len(loaded) == n_good(table) and str(loaded["grade"].dtype) == "Int64"
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in loaded["cache_path"])
@@ -99,7 +99,7 @@ def test_build_cache_parallel_with_broken_files(table: pd.DataFrame, tmp_path: P
     # the cached pixels are what preprocess_image gives (PNG is lossless)
     first = loaded.iloc[0]
     cached = cv2.cvtColor(cv2.imread(first["cache_path"]), cv2.COLOR_BGR2RGB)
-    assert np.array_equal(cached, P.preprocess_image(first["path"], CFG))
+    assert np.array_equal(cached, preprocess.preprocess_image(first["path"], CFG))
     line = cache.summary_line(manifest, out)
     assert f"{n_good(table)} ok / {len(BAD)} failed" in line and "manifest.csv" in line
 
@@ -154,8 +154,9 @@ def test_rerun_does_only_what_is_missing(table: pd.DataFrame, tmp_path: Path, mo
 
 KILL_SCRIPT = """
 import sys, time
-from kaggle_utils import cache, io
-from kaggle_utils.preprocess import PreprocessConfig
+from kaggle_utils import io
+from kaggle_utils.data import cache
+from kaggle_utils.data.preprocess import PreprocessConfig
 import pandas as pd
 
 done = 0
@@ -207,14 +208,14 @@ def test_config_change_is_refused_unless_forced(table: pd.DataFrame, tmp_path: P
     out = tmp_path / "cache"
     good = table[~table["id"].isin(list(BAD))].head(3)
     cache.build_cache(good, out, CFG, workers=1, progress=False)
-    other = P.PreprocessConfig(size=64, ben_graham=True)
+    other = preprocess.PreprocessConfig(size=64, ben_graham=True)
     with pytest.raises(cache.CacheConfigError, match=r"size: 96 -> 64.*--force"):
         cache.build_cache(good, out, other, workers=1, progress=False)
-    assert P.PreprocessConfig.from_dict(read_json(out / "preprocess.json")) == CFG  # untouched
+    assert preprocess.PreprocessConfig.from_dict(read_json(out / "preprocess.json")) == CFG  # untouched
     manifest = cache.build_cache(good, out, other, workers=1, progress=False, force=True)
     assert manifest.attrs["summary"]["processed"] == 3
     assert cv2.imread(str(out / manifest["cache_path"][0])).shape == (64, 64, 3)
-    assert P.PreprocessConfig.from_dict(read_json(out / "preprocess.json")) == other
+    assert preprocess.PreprocessConfig.from_dict(read_json(out / "preprocess.json")) == other
     # images without a config file are of unknown recipe
     (out / "preprocess.json").unlink()
     with pytest.raises(cache.CacheConfigError, match="preprocess.json is missing"):
@@ -235,17 +236,17 @@ def test_cli_with_table_and_source(table: pd.DataFrame, tmp_path: Path, sample_d
     table.to_csv(table_csv, index=False)
     out = tmp_path / "cli"
     args = ["--table", str(table_csv), "--out", str(out), "--size", "96", "--circle", "--no-progress"]
-    assert P.main([*args, "--workers", "1"]) == 1  # some images failed
+    assert data_cli.main([*args, "--workers", "1"]) == 1  # some images failed
     captured = capsys.readouterr()
     assert (
         f"{n_good(table)} ok / {len(BAD)} failed" in captured.out
         and str(out / "manifest.csv") in captured.out
     )
     assert "truncated JPEG" in captured.err
-    assert P.main([*args, "--workers", "1", "--ben"]) == 2  # config clash
+    assert data_cli.main([*args, "--workers", "1", "--ben"]) == 2  # config clash
     assert "--force" in capsys.readouterr().err
 
-    pytest.importorskip("kaggle_utils.sources")
+    pytest.importorskip("kaggle_utils.data.sources")
     out2 = tmp_path / "cli_idrid"
     argv = [
         "--source",
@@ -256,7 +257,7 @@ def test_cli_with_table_and_source(table: pd.DataFrame, tmp_path: Path, sample_d
         str(sample_dir / "images"),
     ]
     assert (
-        P.main([*argv, "--out", str(out2), "--size", "64", "--ben", "--workers", "2", "--no-progress"]) == 0
+        data_cli.main([*argv, "--out", str(out2), "--size", "64", "--ben", "--workers", "2", "--no-progress"]) == 0
     )
     loaded = cache.load_cache(out2)
     assert (
@@ -270,7 +271,7 @@ def test_unguarded_script_fails_fast_with_advice(table: pd.DataFrame, tmp_path: 
     table.to_csv(table_csv, index=False)
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "import pandas as pd\nfrom kaggle_utils import cache\n"
+        "import pandas as pd\nfrom kaggle_utils.data import cache\n"
         f"cache.build_cache(pd.read_csv({str(table_csv)!r}), {str(tmp_path / 'out')!r}, {{'size': 64}}, workers=2)\n"
     )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)

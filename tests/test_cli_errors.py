@@ -10,7 +10,11 @@ import jupytext
 import pandas as pd
 import pytest
 
-from kaggle_utils import kernel, run, train
+from kaggle_utils.kernel import __main__ as kernel_cli
+from kaggle_utils.run import __main__ as run_cli
+from kaggle_utils.run import config as run_config
+from kaggle_utils.training import __main__ as training_cli
+from kaggle_utils.training import config as training_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,35 +26,35 @@ def _one_error_line(capsys) -> str:
 
 
 def test_train_cli_errors_are_one_line(tmp_path, capsys):
-    assert train.main(["--config", str(tmp_path / "fold0.yaml")]) == 2
+    assert training_cli.main(["--config", str(tmp_path / "fold0.yaml")]) == 2
     assert "fold0.yaml not found" in _one_error_line(capsys)
     (tmp_path / "bad.yaml").write_text("epochs: 2\nlearning_rate: 0.1\n")
-    assert train.main(["--config", str(tmp_path / "bad.yaml")]) == 2
+    assert training_cli.main(["--config", str(tmp_path / "bad.yaml")]) == 2
     assert "unknown TrainConfig field(s) ['learning_rate']" in _one_error_line(capsys)
     (tmp_path / "broken.yaml").write_text("epochs: [2\n")
-    assert train.main(["--config", str(tmp_path / "broken.yaml")]) == 2
+    assert training_cli.main(["--config", str(tmp_path / "broken.yaml")]) == 2
     assert "cannot parse" in _one_error_line(capsys)
     # an APTOS train.csv as table_csv was a bare KeyError: 'path'
     pd.DataFrame({"id_code": ["000c1434d8d7"], "diagnosis": [2]}).to_csv(tmp_path / "train.csv", index=False)
     (tmp_path / "aptos.yaml").write_text(f"table_csv: {tmp_path / 'train.csv'}\nout_dir: {tmp_path / 'out'}\n")
-    assert train.main(["--config", str(tmp_path / "aptos.yaml")]) == 2
+    assert training_cli.main(["--config", str(tmp_path / "aptos.yaml")]) == 2
     err = _one_error_line(capsys)
     assert "lacks column(s) ['id', 'path', 'grade']" in err and "--source aptos" in err
-    assert train.main(["--config", str(REPO / "configs" / "fold_example.yaml"), "--set", "epochs"]) == 2
+    assert training_cli.main(["--config", str(REPO / "configs" / "fold_example.yaml"), "--set", "epochs"]) == 2
     assert "expected KEY=VALUE" in _one_error_line(capsys)
 
 
 def test_run_cli_config_errors_are_one_line(tmp_path, capsys):
-    assert run.main([str(tmp_path / "missing.yaml")]) == 2
+    assert run_cli.main([str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml not found" in _one_error_line(capsys)
     (tmp_path / "c.yaml").write_text("data: {source: idrid, csv: nowhere.csv, images: nowhere}\n"
                                      "models: [{name: m, model: efficientnet-lite0}]\n")
-    assert run.main([str(tmp_path / "c.yaml")]) == 2
+    assert run_cli.main([str(tmp_path / "c.yaml")]) == 2
     assert "nowhere.csv" in _one_error_line(capsys)
 
 
 def test_preprocess_cli_usage_errors_are_one_line(tmp_path, capsys):
-    from kaggle_utils.preprocess import main
+    from kaggle_utils.data.__main__ import main
 
     assert main(["--out", str(tmp_path / "c")]) == 2
     assert "give --table" in _one_error_line(capsys)
@@ -69,10 +73,10 @@ def _fake_run(folder: Path) -> Path:
 
 def test_bare_build_kernel_uses_the_latest_chain_or_lists_the_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    runs, msg = kernel.latest_chain_runs()
+    runs, msg = kernel_cli.latest_chain_runs()
     assert runs == [] and msg.startswith("error: no run folders given and none found under outputs/")
     loose = _fake_run(tmp_path / "outputs" / "mine" / "lite0")
-    runs, msg = kernel.latest_chain_runs()
+    runs, msg = kernel_cli.latest_chain_runs()
     assert runs == [] and "run folders found:\n  outputs/mine/lite0\n" in msg
     _fake_run(tmp_path / "outputs" / "old" / "runs" / "b0")
     (tmp_path / "outputs" / "old" / "run_log.json").write_text("{}")
@@ -84,7 +88,7 @@ def test_bare_build_kernel_uses_the_latest_chain_or_lists_the_runs(tmp_path, mon
     import os
 
     os.utime(tmp_path / "outputs" / "old" / "run_log.json", (1, 1))
-    runs, msg = kernel.latest_chain_runs()
+    runs, msg = kernel_cli.latest_chain_runs()
     assert runs == [Path("outputs/demo/runs_round1/lite0")]  # the last pseudo round: what the submission used
     assert msg.startswith("no run folders given: using the runs of the most recent chain, outputs/demo")
     assert loose.is_dir()
@@ -97,13 +101,13 @@ def test_bare_build_kernel_script_says_what_it_uses_and_warns_about_owner(tmp_pa
     _fake_run(tmp_path / "outputs" / "demo" / "runs" / "lite0")
     (tmp_path / "outputs" / "demo" / "run_log.json").write_text("{}")
     seen = {}
-    monkeypatch.setattr(kernel, "build", lambda spec: seen.update(spec=spec))
-    assert kernel.main([]) == 0
+    monkeypatch.setattr(kernel_cli, "build", lambda spec: seen.update(spec=spec))
+    assert kernel_cli.main([]) == 0
     out, err = capsys.readouterr()
     assert "using the runs of the most recent chain, outputs/demo" in out
     assert "warning: no --owner: assumed Kaggle user 'kaggleutils'" in err and "licence CC0-1.0" in err
     assert seen["spec"].runs == [Path("outputs/demo/runs/lite0")] and seen["spec"].owner == "kaggleutils"
-    assert kernel.main(["outputs/demo/runs/lite0", "--owner", "me", "--license", "CC-BY-SA-4.0"]) == 0
+    assert kernel_cli.main(["outputs/demo/runs/lite0", "--owner", "me", "--license", "CC-BY-SA-4.0"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert (seen["spec"].owner, seen["spec"].license) == ("me", "CC-BY-SA-4.0")
 
@@ -118,14 +122,14 @@ def _notebook_defaults(name: str) -> dict:
 
 def test_pretrained_default_agrees_between_notebook_fold_yaml_and_chain():
     """A hand-written fold YAML used to train from random weights (TrainConfig said False, the notebook True)."""
-    assert train.TrainConfig().pretrained is True
+    assert training_config.TrainConfig().pretrained is True
     assert _notebook_defaults("train")["pretrained"] is True
-    example = train.TrainConfig.from_file(REPO / "configs" / "fold_example.yaml")
+    example = training_config.TrainConfig.from_file(REPO / "configs" / "fold_example.yaml")
     assert example.pretrained is True
-    demo = run.load_config(REPO / "configs" / "demo.yaml")
+    demo = run_config.load_config(REPO / "configs" / "demo.yaml")
     assert all(m.get("pretrained", True) is True for m in demo["models"])
 
 
 @pytest.mark.parametrize("field", ["model", "head", "pool", "size"])
 def test_train_notebook_defaults_match_trainconfig(field):
-    assert _notebook_defaults("train")[field] == getattr(train.TrainConfig(), field)
+    assert _notebook_defaults("train")[field] == getattr(training_config.TrainConfig(), field)

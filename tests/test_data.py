@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_helpers import resized_table
 
-from kaggle_utils.data import (
+from kaggle_utils.data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FundusDataset,

@@ -12,7 +12,9 @@ import pytest
 import torch
 from train_helpers import TINY_MODEL, register_tiny_model, resized_table
 
-from kaggle_utils.train import TrainConfig, build_model, load_checkpoint, seed_everything
+from kaggle_utils.training.checkpoint import load_checkpoint, seed_everything
+from kaggle_utils.training.config import TrainConfig
+from kaggle_utils.training.loop import build_model
 
 HELPERS = Path(__file__).with_name("train_helpers.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")

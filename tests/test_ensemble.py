@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import ensemble, metrics
-from kaggle_utils.ensemble import EnsembleError
+from kaggle_utils import metrics
+from kaggle_utils.inference import ensemble, pseudo
+from kaggle_utils.inference.ensemble import EnsembleError
 
 
 def _truth(n: int = 500, seed: int = 0) -> np.ndarray:
@@ -149,53 +150,53 @@ def test_make_submission_missing_preds_need_fallback(tmp_path):
 
 def test_soft_labels_math():
     g, p = np.array([0, 2, 4, 1]), np.array([1.0, 2.5, 4.6, -0.4])
-    assert np.allclose(ensemble.soft_labels(g, p), [0.5, 2.25, 4.0, 0.3])
-    assert np.allclose(ensemble.soft_labels(g, p, alpha=0.0), g)
-    assert np.allclose(ensemble.soft_labels(g, p, alpha=0.25), [0.25, 2.125, 4.0, 0.65])
+    assert np.allclose(pseudo.soft_labels(g, p), [0.5, 2.25, 4.0, 0.3])
+    assert np.allclose(pseudo.soft_labels(g, p, alpha=0.0), g)
+    assert np.allclose(pseudo.soft_labels(g, p, alpha=0.25), [0.25, 2.125, 4.0, 0.65])
     with pytest.raises(EnsembleError):
-        ensemble.soft_labels(g, p[:3])
+        pseudo.soft_labels(g, p[:3])
     with pytest.raises(EnsembleError, match="NaN"):
-        ensemble.soft_labels([np.nan], [1.0])
+        pseudo.soft_labels([np.nan], [1.0])
 
 
 def test_pseudo_label_test_soft_hard_and_confidence():
     test = pd.DataFrame({"id": ["p", "q", "r", "s"], "path": ["/t/p.png", "/t/q.png", "/t/r.png", "/t/s.png"]})
     preds = pd.Series({"s": 4.3, "r": 2.45, "q": 1.0, "p": 0.1})
-    soft = ensemble.pseudo_label_test(test, preds, round_no=2)
+    soft = pseudo.pseudo_label_test(test, preds, round_no=2)
     assert list(soft.columns) == ["id", "path", "grade", "source", "round", "fold"]
     assert list(soft["id"]) == ["p", "q", "r", "s"] and list(soft["path"])[0] == "/t/p.png"
     assert np.allclose(soft["grade"], [0.1, 1.0, 2.45, 4.0])
     assert set(soft["source"]) == {"pseudo"} and set(soft["round"]) == {2} and set(soft["fold"]) == {-1}
-    hard = ensemble.pseudo_label_test(test, preds, soft=False)
+    hard = pseudo.pseudo_label_test(test, preds, soft=False)
     assert list(hard["grade"]) == [0, 1, 2, 4]
-    confident = ensemble.pseudo_label_test(test, preds, min_distance=0.2)
+    confident = pseudo.pseudo_label_test(test, preds, min_distance=0.2)
     assert list(confident["id"]) == ["p", "q", "s"]  # 2.45 is 0.05 from the 2.5 cut point
     with pytest.raises(EnsembleError, match="no prediction"):
-        ensemble.pseudo_label_test(test, preds.drop("q"))
+        pseudo.pseudo_label_test(test, preds.drop("q"))
 
 
 def test_next_round_table_is_repeatable():
     train = pd.DataFrame({"id": ["a", "b", "c"], "path": ["/a", "/b", "/c"], "grade": pd.array([0, 2, 4], "Int64"),
                           "source": "aptos", "fold": [0, 1, 0]})
     test = pd.DataFrame({"id": ["x", "y"], "path": ["/x", "/y"]})
-    r1 = ensemble.next_round_table(train, test, {"x": 1.2, "y": 3.9}, round_no=1)
+    r1 = pseudo.next_round_table(train, test, {"x": 1.2, "y": 3.9}, round_no=1)
     assert list(r1["id"]) == ["a", "b", "c", "x", "y"]
     assert list(r1["round"]) == [0, 0, 0, 1, 1] and list(r1["fold"]) == [0, 1, 0, -1, -1]
     assert list(r1["source"]) == ["aptos"] * 3 + ["pseudo"] * 2
     assert np.allclose(r1["grade"].astype(float), [0, 2, 4, 1.2, 3.9])
     # round 2 from round 1's table: old pseudo rows replaced, not stacked
-    r2 = ensemble.next_round_table(r1, test, {"x": 1.4, "y": 3.7}, round_no=2)
+    r2 = pseudo.next_round_table(r1, test, {"x": 1.4, "y": 3.7}, round_no=2)
     assert list(r2["id"]) == ["a", "b", "c", "x", "y"] and list(r2["round"])[-2:] == [2, 2]
     assert np.allclose(r2["grade"].astype(float)[-2:], [1.4, 3.7])
-    pd.testing.assert_frame_equal(r2, ensemble.next_round_table(r1, test, {"x": 1.4, "y": 3.7}, round_no=2))
+    pd.testing.assert_frame_equal(r2, pseudo.next_round_table(r1, test, {"x": 1.4, "y": 3.7}, round_no=2))
     # stage-1 OOF softens the given labels too (1st place)
-    soft = ensemble.next_round_table(train, test, {"x": 1.2, "y": 3.9}, 1, train_preds={"a": 1.0, "b": 2.0, "c": 3.0})
+    soft = pseudo.next_round_table(train, test, {"x": 1.2, "y": 3.9}, 1, train_preds={"a": 1.0, "b": 2.0, "c": 3.0})
     assert np.allclose(soft["grade"][:3], [0.5, 2.0, 3.5])
     assert list(soft["grade_given"][:3]) == [0, 2, 4] and soft["grade_given"][3:].isna().all()
     # the next round softens the original labels again, not the already-soft targets
-    soft2 = ensemble.next_round_table(soft, test, {"x": 1.2, "y": 3.9}, 2, train_preds={"a": 1.0, "b": 2.0, "c": 3.0})
+    soft2 = pseudo.next_round_table(soft, test, {"x": 1.2, "y": 3.9}, 2, train_preds={"a": 1.0, "b": 2.0, "c": 3.0})
     assert np.allclose(soft2["grade"][:3], [0.5, 2.0, 3.5]) and list(soft2["grade_given"][:3]) == [0, 2, 4]
     with pytest.raises(EnsembleError, match="also training ids"):
-        ensemble.next_round_table(train, pd.DataFrame({"id": ["a"]}), {"a": 1.0}, 1)
+        pseudo.next_round_table(train, pd.DataFrame({"id": ["a"]}), {"a": 1.0}, 1)
     with pytest.raises(EnsembleError, match="make folds first"):
-        ensemble.next_round_table(train.drop(columns="fold"), test, {"x": 1.0, "y": 2.0}, 1)
+        pseudo.next_round_table(train.drop(columns="fold"), test, {"x": 1.0, "y": 2.0}, 1)

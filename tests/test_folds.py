@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import folds, sources
+from kaggle_utils.data import folds, sources
 
 pytestmark = pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
 
@@ -208,7 +208,7 @@ def test_write_read_roundtrip(grouped, tmp_path):
 def test_holdout_split_keeps_duplicate_groups_and_grades():
     import pandas as pd
 
-    from kaggle_utils.folds import holdout_split
+    from kaggle_utils.data.folds import holdout_split
 
     grades = [g for g in range(5) for _ in range(12)]
     table = pd.DataFrame({"id": [f"i{k}" for k in range(60)], "grade": grades,

@@ -9,8 +9,10 @@ import pytest
 import torch
 from train_helpers import register_tiny_model
 
-from kaggle_utils import ensemble, infer, sources
-from kaggle_utils.preprocess import PreprocessConfig
+from kaggle_utils.data import sources
+from kaggle_utils.data.preprocess import PreprocessConfig
+from kaggle_utils.inference import ensemble
+from kaggle_utils.inference import predict as infer
 
 
 def test_tta_views_are_distinct_and_counted():
@@ -40,7 +42,8 @@ def test_test_table_keeps_every_id_in_order(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, sample_dir):
     """Two folds of the tiny test model, saved the way training saves them."""
-    from kaggle_utils.train import TrainConfig, train_fold
+    from kaggle_utils.training.config import TrainConfig
+    from kaggle_utils.training.loop import train_fold
 
     register_tiny_model()
     root = tmp_path_factory.mktemp("run")
@@ -48,7 +51,7 @@ def tiny_run(tmp_path_factory, sample_dir):
     table = pd.DataFrame({"id": labels["id_code"], "path": [str(sample_dir / "images" / f"{i}.jpg")
                                                             for i in labels["id_code"]],
                           "grade": labels["diagnosis"], "source": "idrid"})
-    from kaggle_utils.cache import build_cache, load_cache
+    from kaggle_utils.data.cache import build_cache, load_cache
 
     build_cache(table, root / "cache", PreprocessConfig(size=64), workers=1)
     cached = load_cache(root / "cache")
@@ -99,7 +102,7 @@ def test_predictions_match_a_direct_forward(tiny_run, tmp_path):
     run = infer.load_run(run_dir)
     test = table[["id", "path"]].head(5)
     got = infer.predict_runs([run], test, tta="none", batch_size=2, progress=False)["tiny"]
-    from kaggle_utils.preprocess import preprocess_image
+    from kaggle_utils.data.preprocess import preprocess_image
 
     x = torch.stack([torch.from_numpy(preprocess_image(p, run.preprocess)).permute(2, 0, 1) for p in test["path"]])
     want = infer.predict_batch(run.models, x, run.mean, run.std, "none").mean(axis=0)

@@ -12,8 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import kernel, kernel_plan, kernel_verify, preprocess
-from kaggle_utils.kernel import BundleError, BundleSpec, VerifyError
+from kaggle_utils.data import decode
+from kaggle_utils.kernel import __main__ as kernel_cli
+from kaggle_utils.kernel import bundle as kernel_bundle
+from kaggle_utils.kernel import image as kernel_image
+from kaggle_utils.kernel import layout
+from kaggle_utils.kernel import plan as kernel_plan
+from kaggle_utils.kernel import verify as kernel_verify
+from kaggle_utils.kernel import wheels as kernel_wheels
+from kaggle_utils.kernel.bundle import BundleSpec
+from kaggle_utils.kernel.layout import BundleError, VerifyError
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +29,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, sample_dir):
     """Two real EfficientNet-Lite0 folds at 64 px (one optimiser step each), saved the way training saves them."""
-    from kaggle_utils.cache import build_cache, load_cache
-    from kaggle_utils.preprocess import PreprocessConfig
-    from kaggle_utils.train import TrainConfig, train_fold
+    from kaggle_utils.data.cache import build_cache, load_cache
+    from kaggle_utils.data.preprocess import PreprocessConfig
+    from kaggle_utils.training.config import TrainConfig
+    from kaggle_utils.training.loop import train_fold
 
     root = tmp_path_factory.mktemp("kernel_runs")
     labels = pd.read_csv(sample_dir / "labels.csv").head(8)
@@ -43,7 +52,7 @@ def run_dir(tmp_path_factory, sample_dir):
 @pytest.fixture(scope="module")
 def bundle(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle")
-    report = kernel.build(BundleSpec([run_dir], out, owner="tester"), progress=False)
+    report = kernel_bundle.build(BundleSpec([run_dir], out, owner="tester"), progress=False)
     return out, report
 
 
@@ -51,10 +60,10 @@ def test_bundle_holds_exactly_what_the_kernel_needs(bundle, run_dir):
     out, report = bundle
     ds = out / "dataset"
     wheels = sorted(p.name for p in (ds / "wheels").iterdir())
-    assert [kernel.wheel_name(Path(w))[0] for w in wheels] == ["efficientnet-lite-pytorch", "kaggle-utils"]
+    assert [kernel_wheels.wheel_name(Path(w))[0] for w in wheels] == ["efficientnet-lite-pytorch", "kaggle-utils"]
     assert not list(ds.rglob("last.pt")) and not (ds / "weights").exists()
     for fold in ("fold0", "fold1"):
-        for name in kernel.MODEL_FILES:
+        for name in layout.MODEL_FILES:
             copied, original = ds / "models" / "lite0" / fold / name, run_dir / fold / name
             assert copied.read_bytes() == original.read_bytes()  # checkpoints byte for byte
     manifest = json.loads((ds / "manifest.json").read_text())
@@ -62,19 +71,19 @@ def test_bundle_holds_exactly_what_the_kernel_needs(bundle, run_dir):
     assert sorted(manifest["files"]) == [p for p in on_disk if p != "manifest.json"]
     assert sorted(manifest["kernel_files"]) == ["kernel-metadata.json", "kernel.ipynb"]
     entry = manifest["files"]["models/lite0/fold0/best.pt"]
-    assert entry["sha256"] == kernel.sha256(run_dir / "fold0" / "best.pt")
+    assert entry["sha256"] == kernel_bundle.sha256(run_dir / "fold0" / "best.pt")
     sizes = report["sizes"]
     assert sizes["models"] == sum(p.stat().st_size for p in (ds / "models").rglob("*") if p.is_file())
     assert sizes["wheels"] == sum(p.stat().st_size for p in (ds / "wheels").iterdir())
     assert sizes["weights"] == 0 and "no ImageNet weights needed" in report["weights"]
     # what Kaggle already has is not bundled
     assert "torch" in report["assumed_on_kaggle_image"] and "torch" not in [w["name"] for w in report["wheels"]]
-    assert report == json.loads((out / kernel.REPORT).read_text())
+    assert report == json.loads((out / layout.REPORT).read_text())
 
 
 def test_two_builds_from_the_same_inputs_are_identical(bundle, run_dir, tmp_path):
     out, _ = bundle
-    again = kernel.build(BundleSpec([run_dir], tmp_path / "again", owner="tester"), progress=False)
+    again = kernel_bundle.build(BundleSpec([run_dir], tmp_path / "again", owner="tester"), progress=False)
     first = (out / "dataset" / "manifest.json").read_bytes()
     assert (tmp_path / "again" / "dataset" / "manifest.json").read_bytes() == first
     assert again["bundle_sha256"] == json.loads(first)["bundle_sha256"]
@@ -84,17 +93,17 @@ def test_two_builds_from_the_same_inputs_are_identical(bundle, run_dir, tmp_path
     own = next((out / "dataset" / "wheels").glob("kaggle_utils-*.whl"))
     with zipfile.ZipFile(own) as z:
         infos = z.infolist()
-    assert {i.date_time for i in infos} == {kernel.ZIP_DATE}
+    assert {i.date_time for i in infos} == {layout.ZIP_DATE}
     assert infos[-1].filename.endswith(".dist-info/RECORD")
-    assert any(i.filename == "kaggle_utils/kernel.py" for i in infos)
+    assert any(i.filename == "kaggle_utils/kernel/bundle.py" for i in infos)
 
 
 def test_metadata_files_pass_the_kaggle_api_rules(bundle):
     out, _ = bundle
     dmeta = json.loads((out / "dataset" / "dataset-metadata.json").read_text())
     kmeta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
-    assert kernel.validate_dataset_metadata(dmeta, out / "dataset") == []
-    assert kernel.validate_kernel_metadata(kmeta, out / "kernel") == []
+    assert kernel_bundle.validate_dataset_metadata(dmeta, out / "dataset") == []
+    assert kernel_bundle.validate_kernel_metadata(kmeta, out / "kernel") == []
     assert dmeta["id"] == "tester/kaggle-utils-aptos-models" and dmeta["licenses"] == [{"name": "CC0-1.0"}]
     assert kmeta["dataset_sources"] == [dmeta["id"]]
     assert kmeta["competition_sources"] == ["aptos2019-blindness-detection"] and kmeta["kernel_sources"] == []
@@ -115,8 +124,8 @@ def test_metadata_files_pass_the_kaggle_api_rules(bundle):
 ])
 def test_dataset_metadata_rules_catch_mistakes(change, problem):
     good = {"title": "kaggle_utils models", "id": "me/kaggle-utils-models", "licenses": [{"name": "CC0-1.0"}]}
-    assert kernel.validate_dataset_metadata(good) == []
-    problems = kernel.validate_dataset_metadata({**good, **change})
+    assert kernel_bundle.validate_dataset_metadata(good) == []
+    problems = kernel_bundle.validate_dataset_metadata({**good, **change})
     assert any(problem in p for p in problems), problems
 
 
@@ -134,7 +143,7 @@ def test_dataset_metadata_rules_catch_mistakes(change, problem):
 def test_kernel_metadata_rules_catch_mistakes(bundle, change, problem):
     out, _ = bundle
     good = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
-    problems = kernel.validate_kernel_metadata({**good, **change}, out / "kernel")
+    problems = kernel_bundle.validate_kernel_metadata({**good, **change}, out / "kernel")
     assert any(problem in p for p in problems), problems
 
 
@@ -154,8 +163,8 @@ def test_notebook_installs_only_from_the_dataset(bundle):
     # the repo's paired notebook is in sync with its jupytext source
     import jupytext
 
-    paired = json.loads((kernel.NOTEBOOK.with_suffix(".ipynb")).read_text())
-    source = jupytext.read(kernel.NOTEBOOK)
+    paired = json.loads((layout.NOTEBOOK.with_suffix(".ipynb")).read_text())
+    source = jupytext.read(layout.NOTEBOOK)
     assert ["".join(c["source"]) for c in paired["cells"]] == [c.source for c in source.cells]
 
 
@@ -165,7 +174,7 @@ def test_verify_runs_the_kernel_offline_in_a_fresh_venv(bundle):
     assert report.ok and report.network in ("unshare -n", "sitecustomize")
     assert report.installed_from_bundle == ["efficientnet-lite-pytorch", "kaggle-utils"]
     assert "torch" in report.linked and "kaggle-utils" not in report.linked
-    test = pd.read_csv(Path(report.root) / "kaggle" / "input" / kernel.COMPETITION / "test.csv", dtype=str)
+    test = pd.read_csv(Path(report.root) / "kaggle" / "input" / layout.COMPETITION / "test.csv", dtype=str)
     sub = pd.read_csv(report.submission, dtype={"id_code": str})
     assert sub["id_code"].tolist() == test["id_code"].tolist() and len(sub) == report.n_images >= 3
     assert sub["diagnosis"].between(0, 4).all()
@@ -199,8 +208,8 @@ def test_socket_guard_blocks_the_network_but_not_loopback(tmp_path):
 
 
 def test_dependency_closure_follows_undeclared_imports_and_stops_at_the_image():
-    image, _ = kernel.image_distributions(kernel.read_image_list())
-    need, missing = kernel.closure(["pretrainedmodels"], stop=image)
+    image, _ = kernel_image.image_distributions(kernel_image.read_image_list())
+    need, missing = kernel_image.closure(["pretrainedmodels"], stop=image)
     bundled = {n for n in need if n not in image}
     assert bundled == {"pretrainedmodels", "munch", "six"} and missing == []
     assert need["six"] == "pretrainedmodels"  # imported but never declared
@@ -210,27 +219,27 @@ def test_dependency_closure_follows_undeclared_imports_and_stops_at_the_image():
 def test_a_model_registered_outside_the_package_is_refused(tmp_path):
     fold = tmp_path / "tiny" / "fold0"
     fold.mkdir(parents=True)
-    for name in kernel.MODEL_FILES:
+    for name in layout.MODEL_FILES:
         (fold / name).write_text("{}")
     (fold / "config.json").write_text(json.dumps({"model": "efficientnet-lite0"}))
-    assert kernel.inspect_run(tmp_path / "tiny").package == "efficientnet-lite-pytorch"
+    assert kernel_bundle.inspect_run(tmp_path / "tiny").package == "efficientnet-lite-pytorch"
     from train_helpers import register_tiny_model
 
     (fold / "config.json").write_text(json.dumps({"model": register_tiny_model()}))
     with pytest.raises(BundleError, match="register it inside kaggle_utils"):
-        kernel.inspect_run(tmp_path / "tiny")
+        kernel_bundle.inspect_run(tmp_path / "tiny")
     (fold / "oof.csv").unlink()
     with pytest.raises(BundleError, match=r"missing \['oof.csv'\]"):
-        kernel.inspect_run(tmp_path / "tiny")
+        kernel_bundle.inspect_run(tmp_path / "tiny")
 
 
 def test_build_refuses_bad_names_and_foreign_folders(run_dir, tmp_path):
     with pytest.raises(BundleError, match="between 6 and 50"):
-        kernel.build(BundleSpec([run_dir], tmp_path / "a", owner="me", dataset_slug="abc"), progress=False)
+        kernel_bundle.build(BundleSpec([run_dir], tmp_path / "a", owner="me", dataset_slug="abc"), progress=False)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep")
     with pytest.raises(BundleError, match="not a kernel bundle"):
-        kernel.build(BundleSpec([run_dir], tmp_path / "mine", owner="me"), progress=False)
+        kernel_bundle.build(BundleSpec([run_dir], tmp_path / "mine", owner="me"), progress=False)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep"
 
 
@@ -242,8 +251,8 @@ def test_wheel_normalisation_ignores_timestamps(tmp_path):
 
     make(tmp_path / "a.whl", (2024, 5, 6, 7, 8, 10))
     make(tmp_path / "b.whl", (2025, 1, 2, 3, 4, 6))
-    a = kernel.normalize_wheel(tmp_path / "a.whl", tmp_path / "out" / "a.whl")
-    b = kernel.normalize_wheel(tmp_path / "b.whl", tmp_path / "out" / "b.whl")
+    a = kernel_wheels.normalize_wheel(tmp_path / "a.whl", tmp_path / "out" / "a.whl")
+    b = kernel_wheels.normalize_wheel(tmp_path / "b.whl", tmp_path / "out" / "b.whl")
     assert a.read_bytes() == b.read_bytes()
     assert [i.filename for i in zipfile.ZipFile(a).infolist()][-1] == "pkg-1.0.dist-info/RECORD"
 
@@ -251,9 +260,9 @@ def test_wheel_normalisation_ignores_timestamps(tmp_path):
 def test_vendored_wheels_install_on_kaggle():
     for name, version in [("efficientnet-lite-pytorch", "0.1.0"), ("efficientnet-pytorch", "0.7.1"),
                           ("pretrainedmodels", "0.7.4"), ("munch", "4.0.0"), ("six", "1.17.0")]:
-        assert kernel.cached_wheel(name, version) is not None, f"wheels/ lacks {name}=={version}"
-    assert kernel.kaggle_compatible({"cp311-cp311-manylinux_2_17_x86_64"})
-    assert not kernel.kaggle_compatible({"cp312-cp312-manylinux_2_17_x86_64", "py3-none-win_amd64"})
+        assert kernel_wheels.cached_wheel(name, version) is not None, f"wheels/ lacks {name}=={version}"
+    assert kernel_wheels.kaggle_compatible({"cp311-cp311-manylinux_2_17_x86_64"})
+    assert not kernel_wheels.kaggle_compatible({"cp312-cp312-manylinux_2_17_x86_64", "py3-none-win_amd64"})
 
 
 def test_plan_measures_scales_and_warns(run_dir, sample_dir, capsys):
@@ -265,13 +274,13 @@ def test_plan_measures_scales_and_warns(run_dir, sample_dir, capsys):
     assert p["total_s"] == pytest.approx(max(p["gpu_s"], p["cpu_s"]) + sum(p["overheads"].values()))
     assert "GPU comparison: not possible" in table and "4 vCPUs" in table and "ESTIMATE" in table
     assert "PNG decoder OpenCV, as the image lacks imagecodecs" in table  # timed as the kernel will decode
-    assert preprocess.png_decoder().startswith("imagecodecs")  # the fast decoder is back after timing
+    assert decode.png_decoder().startswith("imagecodecs")  # the fast decoder is back after timing
     measured = [kernel_plan.RunMeasure(**{k: row[k] for k in ("name", "model", "size", "folds", "gflop", "cpu_img_s",
                                                           "load_s", "recipe")})]
     tight = kernel_plan.estimate(measured, preprocess_s=1.0, n_images=200_000, budget_h=9.0)
     assert not tight["fits"] and "WARNING" in kernel_plan.format_plan(tight)
     t4 = kernel_plan.estimate(measured, preprocess_s=1e-4, gpu="t4", fraction=0.5)
     assert t4["gpu_s"] < p["gpu_s"]
-    assert kernel.main([str(run_dir), "--no-build", "--plan", "--images", "1000",
+    assert kernel_cli.main([str(run_dir), "--no-build", "--plan", "--images", "1000",
                         "--plan-images", str(sample_dir / "images")]) == 0
     assert "Kernel run-time plan: 1,000 test images" in capsys.readouterr().out

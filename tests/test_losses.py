@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from kaggle_utils.losses import LOSS_HEADS, check_loss_head, default_loss_for, get_loss
 from kaggle_utils.models import HEADS, encode_targets
+from kaggle_utils.training.losses import LOSS_HEADS, check_loss_head, default_loss_for, get_loss
 
 
 def test_mse_by_hand_and_shape_robust():

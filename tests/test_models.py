@@ -21,6 +21,7 @@ from kaggle_utils.models import (
     list_models,
     register_model,
     registry,
+    weights,
 )
 
 EXPECTED = [f"efficientnet-b{i}" for i in range(8)] + [
@@ -249,7 +250,6 @@ def test_lite_imagenet_weights_classify_natural_images(name):
 
 
 def test_pretrained_grading_model_gets_backbone_weights_and_a_new_head():
-    from kaggle_utils import weights
 
     state = weights.load_weights(weights.resolve_weights("efficientnet-lite0"))
     model = create_model("efficientnet-lite0", head="ordinal", pretrained=True)

@@ -149,7 +149,7 @@ def test_quick_start_by_hand_route_runs_as_written(competition_layout):
     for k, c in enumerate(cmds):
         if c.startswith("papermill notebooks/train.ipynb"):
             cmds[k] = c + SPEED_TRAIN_PM
-        elif c.startswith("python -m kaggle_utils.train"):
+        elif c.startswith("python -m kaggle_utils.training"):
             cmds[k] = c + SPEED_TRAIN_CLI
         elif c.startswith("papermill notebooks/blend.ipynb"):
             cmds[k] = c + " -p gradcam_per_grade 0"

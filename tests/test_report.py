@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import report
+from kaggle_utils.report import gradcam, html, plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -29,11 +29,11 @@ def _curves() -> dict[str, pd.DataFrame]:
 def test_tables():
     oof = _oof()
     thr = {"effb4": [0.5, 1.5, 2.5, 3.5], "resnext": [0.5, 1.5, 2.5, 3.5]}
-    mt = report.model_table(oof, ["effb4", "resnext"], thr)
+    mt = plots.model_table(oof, ["effb4", "resnext"], thr)
     assert list(mt["model"]) == ["effb4", "resnext"]
     assert mt.loc[0, "qwk_fitted"] == pytest.approx(mt.loc[0, "qwk_default"])
     assert mt.loc[0, "qwk_fitted"] > mt.loc[1, "qwk_fitted"]  # less noise scores higher
-    ft = report.fold_table(oof, ["effb4", "resnext"], thr)
+    ft = plots.fold_table(oof, ["effb4", "resnext"], thr)
     assert list(ft["fold"]) == [0, 1, 2] and ft["n"].sum() == len(oof)
 
 
@@ -41,7 +41,7 @@ def test_load_curves(tmp_path):
     for k, df in enumerate(_curves().values()):
         (tmp_path / "effb4" / f"fold{k}").mkdir(parents=True)
         df.to_csv(tmp_path / "effb4" / f"fold{k}" / "metrics.csv", index=False)
-    curves = report.load_curves([tmp_path / "effb4"])
+    curves = plots.load_curves([tmp_path / "effb4"])
     assert list(curves) == ["effb4/fold0", "effb4/fold1", "effb4/fold2"]
     assert list(curves["effb4/fold1"].columns)[:4] == ["epoch", "train_loss", "val_loss", "val_qwk"]
 
@@ -51,7 +51,7 @@ def test_write_report_html_and_pngs(tmp_path):
     rng = np.random.default_rng(1)
     examples = [{"id": f"x{g}{k}", "grade": g, "pred": g + 0.1, "image": rng.integers(0, 255, (32, 32, 3), np.uint8),
                  "heatmap": rng.random((8, 8))} for g in (0, 2, 4) for k in range(2)]
-    paths = report.write_report(tmp_path / "rep", oof, weights={"effb4": 0.7, "resnext": 0.3}, curves=_curves(),
+    paths = html.write_report(tmp_path / "rep", oof, weights={"effb4": 0.7, "resnext": 0.3}, curves=_curves(),
                                 gradcam=examples, title="test run")
     pngs = {k: v for k, v in paths.items() if v.suffix == ".png"}
     assert set(pngs) == {"confusion", "roc", "model_qwk", "fold_qwk", "pred_distribution", "curves", "gradcam",
@@ -74,7 +74,7 @@ def test_write_report_html_and_pngs(tmp_path):
 
 def test_write_report_single_model_without_folds(tmp_path):
     oof = _oof(120).drop(columns=["fold", "resnext"])
-    paths = report.write_report(tmp_path, oof, thresholds=[0.5, 1.5, 2.5, 3.5])
+    paths = html.write_report(tmp_path, oof, thresholds=[0.5, 1.5, 2.5, 3.5])
     assert "fold_qwk" not in paths and "curves" not in paths and "gradcam" not in paths
     assert json.loads(paths["summary"].read_text())["prediction"] == "effb4"
     assert paths["html"].stat().st_size > 0
@@ -84,20 +84,20 @@ def test_overlay_shapes_and_dtype():
     img = np.full((40, 60, 3), 128, np.uint8)
     heat = np.zeros((10, 15))
     heat[:5, :5] = 1.0
-    out = report.overlay(img, heat)
+    out = gradcam.overlay(img, heat)
     assert out.shape == (40, 60, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[0, 0], out[-1, -1])  # hot corner coloured differently from the cold one
 
 
 def test_select_examples_per_grade():
     oof = _oof()
-    picked = report.select_examples(oof, n_per_grade=2, pred_col="effb4")
+    picked = gradcam.select_examples(oof, n_per_grade=2, pred_col="effb4")
     assert picked.groupby("grade").size().to_dict() == {g: 2 for g in range(5)}
-    pd.testing.assert_frame_equal(picked, report.select_examples(oof, n_per_grade=2, pred_col="effb4"))
+    pd.testing.assert_frame_equal(picked, gradcam.select_examples(oof, n_per_grade=2, pred_col="effb4"))
 
 
 def test_report_and_ensemble_import_without_torch():
-    code = "import sys, kaggle_utils.report, kaggle_utils.ensemble; assert 'torch' not in sys.modules"
+    code = "import sys, kaggle_utils.report, kaggle_utils.inference.ensemble; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -152,7 +152,7 @@ class GapModel(nn.Module):
 def test_grad_cam_highlights_the_driving_region():
     model = QuadrantModel().train()
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    cam = report.grad_cam(model, x)
+    cam = gradcam.grad_cam(model, x)
     assert cam.shape == (32, 32) and np.isfinite(cam).all()
     assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
     assert cam[:16, :16].sum() / cam.sum() > 0.9
@@ -162,25 +162,25 @@ def test_grad_cam_highlights_the_driving_region():
 def test_grad_cam_default_layer_and_gap_equivalence():
     model = GapModel().eval()
     x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
-    assert report.find_target_layer(model, x) is model.conv2  # SE conv runs later but on a 1x1 map
-    hires = report.grad_cam(model, x)
-    classic = report.grad_cam(model, x[0], target_layer=model.conv2, method="gradcam")
+    assert gradcam.find_target_layer(model, x) is model.conv2  # SE conv runs later but on a 1x1 map
+    hires = gradcam.grad_cam(model, x)
+    classic = gradcam.grad_cam(model, x[0], target_layer=model.conv2, method="gradcam")
     assert hires.shape == (24, 24) and np.isfinite(hires).all() and hires.min() >= 0
     assert hires.max() == pytest.approx(1.0) and (hires > 0).mean() > 0.5 and hires.std() > 0.01  # a real map
     # pooled-only paths (SE gate, GAP) give a gradient uniform over space per channel: both methods agree
     assert np.allclose(hires, classic, atol=1e-5)
     with pytest.raises(ValueError, match="unknown CAM method"):
-        report.grad_cam(model, x, method="scorecam")
+        gradcam.grad_cam(model, x, method="scorecam")
 
 
 def test_gradcam_examples_feed_the_grid(tmp_path):
     model = QuadrantModel()
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (32, 32, 3), np.uint8) for _ in range(3)]
-    ex = report.gradcam_examples(model, imgs, grades=[0, 2, 2], ids=["a", "b", "c"])
+    ex = gradcam.gradcam_examples(model, imgs, grades=[0, 2, 2], ids=["a", "b", "c"])
     assert [e["id"] for e in ex] == ["a", "b", "c"] and all(0 <= e["pred"] <= 4 for e in ex)
     assert all(e["heatmap"].shape == (32, 32) for e in ex)
-    path = report.plot_gradcam_grid(ex, tmp_path / "grid.png")
+    path = gradcam.plot_gradcam_grid(ex, tmp_path / "grid.png")
     assert path.read_bytes()[:8] == PNG
 
 
@@ -195,5 +195,5 @@ def test_grad_cam_sees_through_a_clamped_regression_output():
             return out[:, 0].clamp(0, 4)
 
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    cam = report.grad_cam(Clamped(), x)
+    cam = gradcam.grad_cam(Clamped(), x)
     assert cam.max() == pytest.approx(1.0) and cam[:16, :16].sum() / cam.sum() > 0.9

@@ -8,7 +8,8 @@ import jupytext
 import pandas as pd
 import pytest
 
-from kaggle_utils import run
+from kaggle_utils.run import chain as run_chain
+from kaggle_utils.run import config
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -54,7 +55,7 @@ def test_chain_runs_every_notebook_and_submits_every_test_id(sample_dir, tmp_pat
     pd.DataFrame({"id_code": ids}).to_csv(test_dir / "test.csv", index=False)
 
     work = tmp_path / "work"
-    log = run.run_chain(_config(sample_dir, work, test_dir, tmp_path / "train.csv"))
+    log = run_chain.run_chain(_config(sample_dir, work, test_dir, tmp_path / "train.csv"))
     assert set(log["steps"]) == {"preprocess:cache0", "train:lite0:fold0", "train:lite0:fold1", "infer", "blend",
                                  "pseudo:r1", "train:lite0:fold0:r1", "train:lite0:fold1:r1", "infer:r1", "blend:r1"}
     assert all(s["status"] == "ok" for s in log["steps"].values())
@@ -72,7 +73,7 @@ def test_chain_runs_every_notebook_and_submits_every_test_id(sample_dir, tmp_pat
     assert len(pseudo) == 6 and (pseudo["fold"] == -1).all() and pseudo["grade"].between(0, 4).all()
     assert (work / "runs_round1" / "lite0" / "fold0" / "best.pt").is_file()
 
-    rerun = run.run_chain(_config(sample_dir, work, test_dir, tmp_path / "train.csv"))
+    rerun = run_chain.run_chain(_config(sample_dir, work, test_dir, tmp_path / "train.csv"))
     assert rerun["steps"] == log["steps"]  # finished steps are skipped, not redone
 
 
@@ -84,15 +85,15 @@ def _empty_test_set(tmp_path: Path) -> Path:
 
 def test_budget_exhausted_names_the_step(sample_dir, tmp_path):
     cfg = _config(sample_dir, tmp_path / "w", _empty_test_set(tmp_path))
-    with pytest.raises(run.BudgetExceeded, match="preprocess:cache0"):
-        run.run_chain(cfg, budget_s=0)
+    with pytest.raises(run_chain.BudgetExceeded, match="preprocess:cache0"):
+        run_chain.run_chain(cfg, budget_s=0)
 
 
 def test_cell_timeout_stops_and_names_the_step(sample_dir, tmp_path):
     cfg = _config(sample_dir, tmp_path / "w", _empty_test_set(tmp_path)) | {"cell_timeout_s": 1}
-    with pytest.raises(run.BudgetExceeded, match="preprocess:cache0.*ran out of time"):
-        run.run_chain(cfg)
-    log = json.loads((tmp_path / "w" / run.LOG_FILE).read_text())
+    with pytest.raises(run_chain.BudgetExceeded, match="preprocess:cache0.*ran out of time"):
+        run_chain.run_chain(cfg)
+    log = json.loads((tmp_path / "w" / run_chain.LOG_FILE).read_text())
     assert log["steps"]["preprocess:cache0"]["status"] == "timeout"
 
 
@@ -100,22 +101,22 @@ def test_config_errors_are_clear(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("data: {csv: a, images: b}\nmodels: [{model: efficientnet-lite0}]\n")
     with pytest.raises(ValueError, match="unique 'name'"):
-        run.load_config(p)
+        config.load_config(p)
 
 
 def test_rerun_skips_finished_steps_but_redoes_everything_after_a_changed_one(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(run.Runner, "_execute", lambda self, step, params, out_nb, timeout: calls.append(step.name))
-    steps = [run.Step("a", "a", {"x": 1}), run.Step("b", "b", {"y": 1}), run.Step("c", "c", {"z": 1})]
+    monkeypatch.setattr(run_chain.Runner, "_execute", lambda self, step, params, out_nb, timeout: calls.append(step.name))
+    steps = [run_chain.Step("a", "a", {"x": 1}), run_chain.Step("b", "b", {"y": 1}), run_chain.Step("c", "c", {"z": 1})]
 
     def chain(steps):
-        runner = run.Runner(tmp_path, budget_s=60, cell_timeout_s=60, reserve_s=0)
+        runner = run_chain.Runner(tmp_path, budget_s=60, cell_timeout_s=60, reserve_s=0)
         for step in steps:
             runner.run(step)
 
     chain(steps)
     chain(steps)
     assert calls == ["a", "b", "c"]  # the second pass skipped all three
-    steps[1] = run.Step("b", "b", {"y": 2})
+    steps[1] = run_chain.Step("b", "b", {"y": 2})
     chain(steps)
     assert calls == ["a", "b", "c", "b", "c"]  # b changed: b reruns, and c, which read b's outputs

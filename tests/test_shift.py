@@ -1,4 +1,4 @@
-"""Label shift, shake-up and per-image uncertainty (kaggle_utils.shift) on real predictions.
+"""Label shift, shake-up and per-image uncertainty (kaggle_utils.inference.shift) on real predictions.
 
 ``data/idrid_oof_lite0.csv``: the out-of-fold predictions (hflip TTA) of EfficientNet-Lite0 trained on the 413
 IDRiD photographs (CC BY 4.0), 3 folds x 3 epochs at 192 px, crop + Ben Graham, written by
@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import ensemble, metrics, report, shift
+from kaggle_utils import metrics
+from kaggle_utils.inference import ensemble, shift
+from kaggle_utils.report import html
 
 OOF_CSV = Path(__file__).parent / "data" / "idrid_oof_lite0.csv"
 EYEPACS_LIKE = np.array([0.80, 0.05, 0.12, 0.01, 0.02])  # roughly eyepacs1024's grade mix
@@ -201,7 +203,7 @@ def test_report_has_shift_shakeup_and_review_sections(oof, tmp_path):
     est = shift.estimate_prior(y, p, test["pred"], thresholds=thr, n_boot=20)
     thr_new = shift.prior_shift_thresholds(p, y, est.prior, init=thr)
     unc = shift.uncertainty(test.assign(id=[f"t{i}" for i in range(len(test))]))
-    files = report.write_report(tmp_path, cal.rename(columns={"pred": "m"}), thresholds=thr, test_pred=test["pred"],
+    files = html.write_report(tmp_path, cal.rename(columns={"pred": "m"}), thresholds=thr, test_pred=test["pred"],
                                 prior=est, threshold_sets={"prior_shift": thr_new}, threshold_mode="prior_shift",
                                 review=shift.review_list(unc, thr_new), shakeup_sims=50)
     page = files["html"].read_text()
@@ -229,9 +231,9 @@ def test_inference_writes_every_fold_and_view(sample_dir, tmp_path):
     import torch
     from train_helpers import register_tiny_model
 
-    from kaggle_utils import infer
+    from kaggle_utils.data.preprocess import PreprocessConfig
+    from kaggle_utils.inference import predict as infer
     from kaggle_utils.models import create_model
-    from kaggle_utils.preprocess import PreprocessConfig
 
     torch.manual_seed(0)
     models = [create_model(register_tiny_model(), pretrained=False).eval() for _ in range(2)]

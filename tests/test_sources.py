@@ -5,8 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kaggle_utils import sources
-from kaggle_utils.sources import SourceError, SourceWarning
+from kaggle_utils.data import labels as data_labels
+from kaggle_utils.data import sources
+from kaggle_utils.data.labels import SourceError, SourceWarning
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +161,7 @@ def test_long_error_lists_are_truncated_with_a_count(idrid, tmp_path):
         sources.load_aptos(_write(tmp_path / "t.csv", "id_code,diagnosis\n" + rows), idrid[1])
     msg = str(err.value)
     assert "30 bad row(s) of 30" in msg and "... and 10 more" in msg
-    assert msg.count("image not found") == sources.MAX_LISTED
+    assert msg.count("image not found") == data_labels.MAX_LISTED
     assert len(err.value.report) == 30
 
 
@@ -204,14 +205,14 @@ def test_errors_name_the_file_and_the_problem(idrid, tmp_path):
 
 def test_validate_any_table(idrid):
     table = sources.load_idrid(*idrid).head(4).copy()
-    same, report = sources.validate(table)
+    same, report = data_labels.validate(table)
     assert report.empty and same.equals(table)
     table["grade"] = table["grade"].astype(object)
     table.loc[1, "grade"] = 9
     table.loc[2, "path"] = "/nonexistent/x.jpg"
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        kept, report = sources.validate(table, on_error="skip")
+        kept, report = data_labels.validate(table, on_error="skip")
     assert len(rec) == 1 and "skipped 2 of 4 rows" in str(rec[0].message)
     assert kept.index.tolist() == [0, 3] and str(kept["grade"].dtype) == "Int64"
     assert report["kind"].tolist() == ["bad_grade", "missing_image"]

@@ -18,15 +18,13 @@ import pytest
 import torch
 from train_helpers import TINY_MODEL, pick_rows, register_tiny_model, resized_table
 
-from kaggle_utils import train
-from kaggle_utils.train import (
-    ConfigMismatchError,
-    LRSchedule,
-    TrainConfig,
-    load_checkpoint,
-    load_model,
-    train_fold,
-)
+from kaggle_utils.training import __main__ as training_cli
+from kaggle_utils.training import checkpoint, loop
+from kaggle_utils.training import table as training_table
+from kaggle_utils.training.checkpoint import load_checkpoint, load_model
+from kaggle_utils.training.config import ConfigMismatchError, TrainConfig
+from kaggle_utils.training.loop import train_fold
+from kaggle_utils.training.schedule import LRSchedule
 
 HELPERS = Path(__file__).with_name("train_helpers.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +75,7 @@ def test_reference_run_writes_every_artifact(reference, tiny_table):
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == TrainConfig(
         out_dir=str(out), **TINY)
     last = reference["last"]
-    assert last["format"] == train.CHECKPOINT_FORMAT and last["epoch"] == 2 and last["step"] == 0
+    assert last["format"] == checkpoint.CHECKPOINT_FORMAT and last["epoch"] == 2 and last["step"] == 0
 
 
 def test_rerun_of_a_finished_run_returns_its_result(reference, tiny_table):
@@ -116,7 +114,7 @@ def test_kill9_mid_epoch_then_rerun_matches_uninterrupted(reference, tiny_table,
 def test_deadline_mid_epoch_stops_cleanly_and_resumes(reference, tiny_table, tmp_path, monkeypatch):
     out = tmp_path / "run"
     offset = {"s": 0.0}
-    monkeypatch.setattr(train, "_now", lambda: time.time() + offset["s"])
+    monkeypatch.setattr(loop, "_now", lambda: time.time() + offset["s"])
 
     def jump(info: dict) -> None:  # the clock passes the deadline after global step 10 (epoch 2, step 3)
         if info["global_step"] == 10:
@@ -180,7 +178,7 @@ def test_given_table_with_folds_wins_over_folds_csv_and_extra_rows_only_train(ti
                       **{**TINY, "epochs": 1, "max_steps_per_epoch": 1})
     extra = tiny_table.head(6).assign(id=lambda d: "pseudo_" + d["id"], grade=2.5, fold=-1)
     table = pd.concat([tiny_table, extra], ignore_index=True)
-    train_rows, val_rows = train.split_fold(train.load_table(cfg, table), 0)
+    train_rows, val_rows = training_table.split_fold(training_table.load_table(cfg, table), 0)
     assert len(train_rows) == 36 and len(val_rows) == 10 and not val_rows["id"].str.startswith("pseudo").any()
     assert train_fold(cfg, table=table)["status"] == "completed"
     assert len(pd.read_csv(tmp_path / "out" / "oof.csv")) == 10
@@ -199,19 +197,19 @@ def test_two_stage_init_from_keeps_backbone_and_resets_other_head(reference, tin
     best = reference["out"] / "best.pt"
     src = load_checkpoint(best)["model"]
     cfg = TrainConfig(out_dir=str(tmp_path), init_from=str(best), **{**TINY, "head": "ordinal"})
-    model = train.build_model(cfg)
-    report = train.init_weights_from(model, best, cfg)
+    model = loop.build_model(cfg)
+    report = checkpoint.init_weights_from(model, best, cfg)
     assert {"fc.weight", "fc.bias"} <= set(report["skipped"])
     state = model.state_dict()
     assert all(torch.equal(state[k], src[k]) for k in report["loaded"]) and len(report["loaded"]) > 10
     assert model.fc.weight.shape == (4, 32)
-    same_head = train.build_model(TrainConfig(**TINY))
-    assert "fc.weight" in train.init_weights_from(same_head, best, TrainConfig(**TINY))["loaded"]
+    same_head = loop.build_model(TrainConfig(**TINY))
+    assert "fc.weight" in checkpoint.init_weights_from(same_head, best, TrainConfig(**TINY))["loaded"]
     # and through train_fold: the fine-tune stage starts from the pre-trained weights
     result = train_fold(cfg.replace(epochs=1, max_steps_per_epoch=2), table=tiny_table)
     assert result["status"] == "completed"
     with pytest.raises(ValueError, match="trains 'efficientnet-lite0'"):
-        train.init_weights_from(model, best, TrainConfig(model="efficientnet-lite0"))
+        checkpoint.init_weights_from(model, best, TrainConfig(model="efficientnet-lite0"))
 
 
 def test_lr_schedule_warmup_cosine_plateau():
@@ -245,7 +243,7 @@ def test_cli_trains_from_a_config_file(tiny_table, tmp_path, capsys):
     tiny_table.assign(path=[os.path.relpath(p, tmp_path) for p in tiny_table["path"]]).to_csv(table_csv, index=False)
     cfg = TrainConfig(out_dir=str(tmp_path / "out"), table_csv=str(table_csv), **{**TINY, "epochs": 1})
     cfg_path = cfg.to_json(tmp_path / "cfg.json")
-    assert train.main(["--config", str(cfg_path), "--set", "max_steps_per_epoch=2", "--set", "fold=1"]) == 0
+    assert training_cli.main(["--config", str(cfg_path), "--set", "max_steps_per_epoch=2", "--set", "fold=1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["status"] == "completed" and result["global_step"] == 2
     oof = pd.read_csv(tmp_path / "out" / "oof.csv")
@@ -255,24 +253,24 @@ def test_cli_trains_from_a_config_file(tiny_table, tmp_path, capsys):
 @pytest.mark.slow
 def test_short_fit_on_real_data_lowers_the_loss(shared_data, tmp_path):
     """efficientnet-lite0 (ImageNet weights) on 48 real IDRiD photographs through the project's cache."""
-    cache = pytest.importorskip("kaggle_utils.cache")
-    from kaggle_utils.preprocess import PreprocessConfig
+    cache = pytest.importorskip("kaggle_utils.data.cache")
+    from kaggle_utils.data.preprocess import PreprocessConfig
 
     rows = pick_rows(shared_data, 48).assign(source="idrid")
     cache.build_cache(rows, tmp_path / "cache", PreprocessConfig(size=96), workers=1, progress=False)
     cfg = TrainConfig(out_dir=str(tmp_path / "fold0"), cache_dir=str(tmp_path / "cache"), n_folds=4, fold=0,
                       model="efficientnet-lite0", pretrained=True, size=96, epochs=2, batch_size=8, lr=1e-3,
                       warmup_epochs=0.3, augmentation="seed", num_workers=0, log_every=1, progress=False, seed=3)
-    train.seed_everything(cfg.seed)
-    before = train.build_model(cfg)  # the run's initial weights (same seed)
+    checkpoint.seed_everything(cfg.seed)
+    before = loop.build_model(cfg)  # the run's initial weights (same seed)
     result = train_fold(cfg)
     assert result["status"] == "completed"
-    trainer_table = train.load_table(cfg)
-    train_rows, val_rows = train.split_fold(trainer_table, 0)
+    trainer_table = training_table.load_table(cfg)
+    train_rows, val_rows = training_table.split_fold(trainer_table, 0)
     assert len(train_rows) + len(val_rows) == 48 and len(pd.read_csv(result["oof"])) == len(val_rows)
 
     after = load_model(result["last"])
-    from kaggle_utils.data import FundusDataset
+    from kaggle_utils.data.dataset import FundusDataset
 
     ds = FundusDataset(train_rows, mean=after.mean, std=after.std, size=96)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -327,9 +325,9 @@ def test_source_weights_shift_the_draws_between_datasets(tiny_table, tmp_path):
     table = tiny_table.assign(dataset=np.where(np.arange(len(tiny_table)) % 2, "a", "b"))
     cfg = TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 1, "max_steps_per_epoch": 1,
                                                  "source_weights": {"a": 4.0, "b": 1.0}, "sampler_rates": None})
-    trainer = train.Trainer(cfg, table)
+    trainer = loop.Trainer(cfg, table)
     drawn = trainer.train_table["dataset"].to_numpy()[trainer.sampler.epoch_indices(0)]
     share_a = (drawn == "a").mean()
     assert 0.7 < share_a < 0.9  # 4:1 per image over two equal halves -> 0.8
     with pytest.raises(ValueError, match="no training rows"):
-        train.Trainer(cfg.replace(source_weights={"zzz": 2.0}), table)
+        loop.Trainer(cfg.replace(source_weights={"zzz": 2.0}), table)

@@ -10,9 +10,13 @@ import pandas as pd
 import pytest
 from train_helpers import register_tiny_model
 
-from kaggle_utils import cache, infer, io, run, sources
-from kaggle_utils.preprocess import PreprocessConfig
-from kaggle_utils.preprocess import main as preprocess_main
+from kaggle_utils import io
+from kaggle_utils.data import cache, sources
+from kaggle_utils.data import labels as data_labels
+from kaggle_utils.data.__main__ import main as preprocess_main
+from kaggle_utils.data.preprocess import PreprocessConfig
+from kaggle_utils.inference import predict as infer
+from kaggle_utils.run import chain, config
 
 
 def _sample_table(sample_dir: Path, n: int) -> pd.DataFrame:
@@ -25,7 +29,8 @@ def _sample_table(sample_dir: Path, n: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, sample_dir):
     """Two folds of the tiny test model on 12 real photographs, saved the way training saves them."""
-    from kaggle_utils.train import TrainConfig, train_fold
+    from kaggle_utils.training.config import TrainConfig
+    from kaggle_utils.training.loop import train_fold
 
     register_tiny_model()
     root = tmp_path_factory.mktemp("user_path")
@@ -46,7 +51,7 @@ def tiny_run(tmp_path_factory, sample_dir):
 
 def test_repeated_test_id_is_one_error_before_inference_naming_it(tmp_path):
     (tmp_path / "t.csv").write_text("id_code\na1\nb2\na1\nc3\nb2\n")
-    with pytest.raises(sources.SourceError, match=r"2 id\(s\) repeat \('a1' x2, 'b2' x2\)") as err:
+    with pytest.raises(data_labels.SourceError, match=r"2 id\(s\) repeat \('a1' x2, 'b2' x2\)") as err:
         sources.test_table(tmp_path / "t.csv", tmp_path / "imgs")
     assert "fold overlap" not in str(err.value) and "\n" not in str(err.value)
 
@@ -59,13 +64,13 @@ def test_na_null_nan_ids_stay_text(tmp_path):
     (tmp_path / "p.csv").write_text("id,path\nNA,a.png\nNone,b.png\n")
     assert sources.test_table(tmp_path / "p.csv")["id"].tolist() == ["NA", "None"]
     (tmp_path / "blank.csv").write_text("id_code\nx\n\"\"\n")
-    with pytest.raises(sources.SourceError, match="without an 'id_code'.*line"):
+    with pytest.raises(data_labels.SourceError, match="without an 'id_code'.*line"):
         sources.test_table(tmp_path / "blank.csv", tmp_path / "imgs")
 
 
 def test_empty_test_set_is_a_clear_error_or_header_only_predictions(tmp_path, tiny_run):
     (tmp_path / "t.csv").write_text("id_code\n")
-    with pytest.raises(sources.SourceError, match="lists no test images"):  # the notebooks' call: stops here
+    with pytest.raises(data_labels.SourceError, match="lists no test images"):  # the notebooks' call: stops here
         sources.test_table(tmp_path / "t.csv", tmp_path / "imgs")
     test = sources.test_table(tmp_path / "t.csv", tmp_path / "imgs", allow_empty=True)
     assert len(test) == 0 and list(test.columns) == ["id", "path"]
@@ -81,26 +86,27 @@ def test_empty_test_set_is_a_clear_error_or_header_only_predictions(tmp_path, ti
 def test_moved_workdir_reruns_with_every_step_skipped(sample_dir, tmp_path, monkeypatch):
     """The chain's real plan (paths inside the workdir are absolute) for a workdir, then for its copy."""
     calls: list[str] = []
-    monkeypatch.setattr(run.Runner, "_execute", lambda self, step, params, out_nb, timeout: calls.append(step.name))
+    monkeypatch.setattr(chain.Runner, "_execute", lambda self, step, params, out_nb, timeout: calls.append(step.name))
     (tmp_path / "kaggle" / "test_images").mkdir(parents=True)
     pd.DataFrame({"id_code": ["IDRiD_007"]}).to_csv(tmp_path / "kaggle" / "test.csv", index=False)
     cfg = {"data": {"source": "idrid", "csv": str(sample_dir / "labels.csv"), "images": str(sample_dir / "images")},
            "folds": {"n_folds": 2}, "preprocess": {"size": 64},
            "models": [{"name": "lite0", "model": "efficientnet-lite0", "size": 64}],
            "test": {"csv": str(tmp_path / "kaggle" / "test.csv"), "images": str(tmp_path / "kaggle" / "test_images")}}
-    run.run_chain(cfg, tmp_path / "tiny")
+    chain.run_chain(cfg, tmp_path / "tiny")
     assert len(calls) >= 4  # preprocess, two folds, infer, blend
     first = list(calls)
     shutil.copytree(tmp_path / "tiny", tmp_path / "tiny_moved")
     shutil.rmtree(tmp_path / "tiny")
-    run.run_chain(cfg, tmp_path / "tiny_moved")
+    chain.run_chain(cfg, tmp_path / "tiny_moved")
     assert calls == first  # nothing ran again
-    keys = [s.key(tmp_path / "tiny_moved") for s in run.plan(run.load_config(cfg), (tmp_path / "tiny_moved"))]
-    assert keys == [s.key(tmp_path / "x") for s in run.plan(run.load_config(cfg), tmp_path / "x")]
+    keys = [s.key(tmp_path / "tiny_moved") for s in chain.plan(config.load_config(cfg), (tmp_path / "tiny_moved"))]
+    assert keys == [s.key(tmp_path / "x") for s in chain.plan(config.load_config(cfg), tmp_path / "x")]
 
 
 def test_moved_training_run_resumes_without_a_settings_mismatch(tmp_path, tiny_run):
-    from kaggle_utils.train import TrainConfig, train_fold
+    from kaggle_utils.training.config import TrainConfig
+    from kaggle_utils.training.loop import train_fold
 
     shutil.copytree(tiny_run, tmp_path / "moved")
     out = tmp_path / "moved" / "runs" / "tiny" / "fold0"
@@ -183,6 +189,6 @@ def test_suspect_images_are_graded_but_flagged(sample_dir, tmp_path, tiny_run):
     flagged = pd.read_csv(tmp_path / "preds" / infer.FLAGGED_FILE, dtype=str)
     assert flagged["id"].tolist() == ["tiny", "black", "specks"] and (flagged["status"] == "flagged").all()
     assert pd.read_csv(tmp_path / "preds" / infer.FAILED_FILE)["id"].tolist() == ["broken"]
-    line = run.test_summary({"failed_images": str(tmp_path / "preds" / infer.FAILED_FILE),
+    line = chain.test_summary({"failed_images": str(tmp_path / "preds" / infer.FAILED_FILE),
                              "flagged_images": str(tmp_path / "preds" / infer.FLAGGED_FILE)})
     assert line.startswith("test images: 1 unreadable (fallback grade) (broken: ") and "3 flagged (tiny: tiny" in line

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_utils import weights
-from kaggle_utils.weights import WeightsError
+from kaggle_utils.models import __main__ as models_cli
+from kaggle_utils.models import weights
+from kaggle_utils.models.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +131,7 @@ def test_missing_weights_error_says_what_where_and_how(isolated):
         weights.resolve_weights("efficientnet-b0")
     msg = str(err.value)
     for needle in ("efficientnet-b0-355c32eb.pth", "sha256 starting with 355c32eb", str(isolated / "env"),
-                   str(isolated / "repo_weights"), "kaggle_input", "python -m kaggle_utils.weights download "
+                   str(isolated / "repo_weights"), "kaggle_input", "python -m kaggle_utils.models download "
                    "efficientnet-b0", "pretrained=False"):
         assert needle in msg, needle
     with pytest.raises(WeightsError, match="does not exist"):
@@ -241,17 +242,17 @@ def test_cli_download_and_list(isolated, http_dir, capsys):
         "other": {"file": "other-abcdef12.pth", "sha256": None, "url": f"{base}/other-abcdef12.pth"},
     }))
     dest = isolated / "env"
-    assert weights.main(["--manifest", str(manifest_path), "download", "net", "--dest", str(dest)]) == 0
+    assert models_cli.main(["--manifest", str(manifest_path), "download", "net", "--dest", str(dest)]) == 0
     assert (dest / src.name).read_bytes() == b"cli weights"
-    assert weights.main(["--manifest", str(manifest_path), "download", "other", "--dest", str(dest)]) == 1
+    assert models_cli.main(["--manifest", str(manifest_path), "download", "other", "--dest", str(dest)]) == 1
     capsys.readouterr()
-    assert weights.main(["--manifest", str(manifest_path), "list"]) == 0
+    assert models_cli.main(["--manifest", str(manifest_path), "list"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"net\s+ok\s+.*" + re.escape(src.name), out) and re.search(r"other\s+missing", out)
 
 
 def test_cli_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "kaggle_utils.weights", "list", "--no-verify"],
+    proc = subprocess.run([sys.executable, "-m", "kaggle_utils.models", "list", "--no-verify"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"efficientnet-lite0\s+unverified\s+.*efficientnet-lite0-57934424\.pth", proc.stdout)

@@ -80,10 +80,10 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 def _train(args: argparse.Namespace) -> None:
     """train_fold exactly as users call it (so under torchrun too), keeping the trainer for --dump."""
-    from kaggle_utils import train
+    from kaggle_utils.training import config, loop
 
     register_tiny_model()
-    cfg = train.TrainConfig.from_file(args.config)
+    cfg = config.TrainConfig.from_file(args.config)
     table = pd.read_csv(args.table, dtype={"id": str}) if args.table else None
     seen: dict = {}
 
@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> None:
         if info["global_step"] == args.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = train.train_fold(cfg, table, on_step=on_step)
+    result = loop.train_fold(cfg, table, on_step=on_step)
     trainer = seen["trainer"]
     if args.dump:
         state = {k: v.detach().clone() for k, v in trainer.net.state_dict().items()}

@@ -111,7 +111,7 @@ def qwk(y_true: Any, y_pred: Any, n_classes: int = N_CLASSES, undefined: float =
     """Quadratic weighted kappa over classes 0..n_classes-1.
 
     ``sample_weight`` weights each image's cell in the confusion matrix (importance weights: QWK as it would
-    be on a set with another grade distribution, see :mod:`kaggle_utils.shift`); None is the Kaggle metric.
+    be on a set with another grade distribution, see :mod:`kaggle_utils.inference.shift`); None is the Kaggle metric.
 
     Undefined when chance disagreement is zero (both raters give one and the same grade everywhere); sklearn
     then warns and returns nan (``replace_undefined_by``); here it returns ``undefined`` (0.0: no agreement

@@ -1,7 +1,7 @@
 """Built-in backbones: the architectures used by the APTOS 2019 top solutions.
 
 Architectures are always built from their definition (never ``from_pretrained``, which downloads);
-pretrained weights come from :mod:`kaggle_utils.weights`. Packages are imported inside the builders so
+pretrained weights come from :mod:`kaggle_utils.models.weights`. Packages are imported inside the builders so
 listing models needs none of them.
 """
 
@@ -11,7 +11,7 @@ from functools import partial
 
 from torch import nn
 
-from .registry import Backbone, register_model
+from kaggle_utils.models.registry import Backbone, register_model
 
 # (pretraining resolution, dropout) from efficientnet_pytorch.utils.efficientnet_params
 _EFFICIENTNET = {0: (224, 0.2), 1: (240, 0.2), 2: (260, 0.3), 3: (300, 0.3),

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..weights import WeightsError
-from . import heads
-from .pooling import build_pool
-from .registry import Backbone, ModelSpec
+from kaggle_utils.models import heads
+from kaggle_utils.models.pooling import build_pool
+from kaggle_utils.models.registry import Backbone, ModelSpec
+from kaggle_utils.models.weights import WeightsError
 
 
 class GradingModel(nn.Module):

@@ -18,12 +18,12 @@ Why it is built this way:
   attached dataset via ``pip install --no-index --find-links``. What the image provides is an explicit,
   editable list (``configs/kaggle_image.txt``); the bundle is the dependency closure of kaggle_utils and the
   runs' model packages minus that list's closure, read from the installed metadata (plus imports a package
-  makes without declaring them, :data:`UNDECLARED`).
+  makes without declaring them, :data:`~kaggle_utils.kernel.image.UNDECLARED`).
 * Same inputs, byte-identical files: our own wheel is rewritten with sorted entries and a fixed 1980 date,
   checkpoints are copied byte for byte, JSON is key-sorted and the notebook carries fixed ids and metadata,
   so the manifest's hashes identify a bundle.
-* ``--verify`` (:mod:`kaggle_utils.kernel_verify`) installs and runs the bundle offline in an emulated image;
-  ``--plan`` (:mod:`kaggle_utils.kernel_plan`) predicts its run time on a Kaggle GPU.
+* ``--verify`` (:mod:`kaggle_utils.kernel.verify`) installs and runs the bundle offline in an emulated image;
+  ``--plan`` (:mod:`kaggle_utils.kernel.plan`) predicts its run time on a Kaggle GPU.
 """
 
 from __future__ import annotations
@@ -34,51 +34,31 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from . import io
+from kaggle_utils import io
+from kaggle_utils.kernel.image import closure, image_distributions, installed, read_image_list
+from kaggle_utils.kernel.layout import (
+    COMPETITION,
+    EMULATION,
+    IMAGE_LIST,
+    MANIFEST,
+    MODEL_FILES,
+    NOTEBOOK,
+    OWN,
+    PARTS,
+    REPORT,
+    SLUG,
+    WHEEL_CACHE,
+    BundleError,
+    canonical,
+    slugify,
+)
+from kaggle_utils.kernel.wheels import build_own_wheel, fetch_wheel, wheel_name
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-IMAGE_LIST = REPO_ROOT / "configs" / "kaggle_image.txt"
-WHEEL_CACHE = REPO_ROOT / "wheels"
-NOTEBOOK = REPO_ROOT / "notebooks" / "kernel.py"
-COMPETITION = "aptos2019-blindness-detection"
-KAGGLE_PYTHON = "3.11"
-KAGGLE_PLATFORM = "manylinux2014_x86_64"
-MODEL_FILES = ("best.pt", "config.json", "oof.csv")  # never last.pt: resume state is useless on Kaggle
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-FALLBACK = "OFFLINE-INSTALL-FALLBACK"  # printed by the kernel's install cell when it had to skip resolution
-INPUT_ENV = "KAGGLE_UTILS_INPUT"  # read by the kernel's install cell; only --verify sets it
-REPORT = "build_report.json"
-VERIFY_REPORT = "verify_report.json"
-PARTS = ("dataset", "kernel", "verify", REPORT, VERIFY_REPORT)  # everything a build or verify writes in --out
-EMULATION = (
-    "--verify emulates the Kaggle image without installing it: a fresh venv (python -m venv, the same CPython "
-    "3.11 as this project's .venv) sees exactly the distributions of configs/kaggle_image.txt and their "
-    "dependencies, symlinked from this project's .venv into an 'image' folder added by a .pth file (so versions "
-    "are this project's, not Kaggle's, and torch runs on this machine's CPU). pip config and PIP_* variables are "
-    "ignored, HOME/Jupyter/IPython dirs are private, and the kernel notebook runs with papermill inside that "
-    "venv with the network cut (unshare -n: a network namespace with only loopback; else a sitecustomize that "
-    "refuses non-loopback connections). The notebook's own first cell installs the bundle's wheels with "
-    "pip --no-index, from <tmp>/kaggle/input/<dataset> laid out as Kaggle mounts it.")
-MANIFEST = "manifest.json"
-OWN = "kaggle-utils"  # canonical name; pip is told `kaggle_utils`
-# imported by a package without being declared in its metadata (requirements.txt notes the same)
-UNDECLARED = {"pretrainedmodels": ["six"]}
-VENV_OWN = {"pip"}  # a fresh venv brings its own pip; its setuptools is removed in favour of the image's
-# environment markers of the Kaggle image: requirements are evaluated for it, not for this machine
-KAGGLE_MARKERS = {"python_version": KAGGLE_PYTHON, "python_full_version": f"{KAGGLE_PYTHON}.0",
-                  "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-                  "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython"}
 # kaggle-api (kaggle_api_extended.py, docs/datasets_metadata.md): accepted dataset licence names
 KAGGLE_LICENSES = frozenset({
     "CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0", "DbCL-1.0",
@@ -86,97 +66,6 @@ KAGGLE_LICENSES = frozenset({
     "US-Government-Works", "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0", "CDLA-Sharing-1.0", "CC-BY-ND-4.0",
     "CC-BY-NC-ND-4.0", "ODC-BY-1.0", "LGPL-3.0", "AGPL-3.0", "FDL-1.3", "EU-ODP-Legal-Notice", "apache-2.0",
     "GPL-3.0"})
-SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
-
-
-class BundleError(RuntimeError):
-    """The bundle cannot be built as asked; the message names the run, file or package and what to do."""
-
-
-class VerifyError(RuntimeError):
-    """A verify step failed; ``step`` names it and the message names the missing wheel, file or cell."""
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"[verify: {step}] {message}")
-        self.step = step
-
-
-def canonical(name: str) -> str:
-    """PEP 503 name: ``Efficientnet_Lite.PyTorch`` and ``efficientnet-lite-pytorch`` are one package."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def slugify(text: str) -> str:
-    """Kaggle derives a kernel's URL slug from its title like this (python-slugify, lower case)."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-# --------------------------------------------------------------------------------------- dependencies
-def read_image_list(path: str | os.PathLike = IMAGE_LIST) -> list[str]:
-    """Distributions assumed present on the Kaggle image: one a line, ``#`` comments."""
-    names = [line.split("#", 1)[0].strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    return sorted({canonical(n) for n in names if n})
-
-
-def installed() -> dict[str, md.Distribution]:
-    """This environment's distributions by canonical name (first on sys.path wins, as for imports)."""
-    found: dict[str, md.Distribution] = {}
-    for dist in md.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            found.setdefault(canonical(name), dist)
-    return found
-
-
-def _requirements(dist: md.Distribution, extras: Iterable[str]) -> list[Any]:
-    """``Requires-Dist`` entries that apply on the Kaggle image for the given extras."""
-    from packaging.requirements import Requirement
-
-    out = []
-    for text in dist.requires or []:
-        req = Requirement(text)
-        if req.marker is None or any(req.marker.evaluate({**KAGGLE_MARKERS, "extra": e}) for e in {"", *extras}):
-            out.append(req)
-    return out
-
-
-def closure(roots: Iterable[str], dists: dict[str, md.Distribution] | None = None,
-            stop: Iterable[str] = ()) -> tuple[dict[str, str], list[str]]:
-    """Requirement closure of ``roots`` over installed metadata: ({name: needed-by}, [names not installed]).
-
-    Names in ``stop`` are recorded but not descended into (their dependencies are the image's business).
-    """
-    from packaging.requirements import Requirement
-
-    dists = installed() if dists is None else dists
-    stop = {canonical(s) for s in stop}
-    found: dict[str, str] = {}
-    missing: set[str] = set()
-    todo = [(Requirement(r), "") for r in roots]
-    seen: set[tuple[str, frozenset[str]]] = set()
-    while todo:
-        req, parent = todo.pop()
-        name = canonical(req.name)
-        key = (name, frozenset(req.extras))
-        if key in seen:
-            continue
-        seen.add(key)
-        found.setdefault(name, parent)
-        dist = dists.get(name)
-        if dist is None:
-            missing.add(name)
-            continue
-        if name in stop and parent:
-            continue
-        todo += [(r, name) for r in _requirements(dist, req.extras)]
-        todo += [(Requirement(n), name) for n in UNDECLARED.get(name, [])]
-    return found, sorted(missing)
-
-
-def image_distributions(image_names: Sequence[str], dists: dict[str, md.Distribution] | None = None
-                        ) -> tuple[dict[str, str], list[str]]:
-    """The listed image distributions and everything they depend on (the image must hold those too)."""
-    return closure(image_names, dists)
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -217,7 +106,7 @@ def inspect_run(run_dir: str | os.PathLike) -> RunInfo:
 
 def model_package(model: str) -> str:
     """The distribution that defines ``model``'s architecture (the kernel must rebuild it offline)."""
-    from .models.registry import get_model_spec
+    from kaggle_utils.models.registry import get_model_spec
 
     spec = get_model_spec(model)
     module = (spec.source or "").split(".")[0]
@@ -226,108 +115,6 @@ def model_package(model: str) -> str:
         raise BundleError(f"model {model!r} comes from {spec.source or 'an unnamed source'!r}, which is no "
                           f"installed package: register it inside kaggle_utils so the kernel can rebuild it")
     return canonical(owners[0])
-
-
-# ---------------------------------------------------------------------------------------------- wheels
-def wheel_name(path: Path) -> tuple[str, str, set[str]]:
-    """(canonical name, version, tags) of a wheel file name."""
-    from packaging.utils import parse_wheel_filename
-
-    name, version, _, tags = parse_wheel_filename(path.name)
-    return canonical(name), str(version), {str(t) for t in tags}
-
-
-def kaggle_compatible(tags: Iterable[str]) -> bool:
-    """Installable on Kaggle's CPython 3.11, manylinux x86_64."""
-    for tag in tags:
-        interp, abi, plat = tag.split("-")
-        if interp not in ("py3", "cp311") and not (interp.startswith("cp3") and abi == "abi3"):
-            continue
-        if plat == "any" or (plat.startswith("manylinux") and plat.endswith("x86_64")):
-            return True
-    return False
-
-
-def normalize_wheel(src: Path, dest: Path) -> Path:
-    """Rewrite a wheel reproducibly: sorted entries (dist-info last, RECORD very last), 1980 dates, 0644."""
-    with zipfile.ZipFile(src) as zin:
-        data = {i.filename: zin.read(i) for i in zin.infolist() if not i.is_dir()}
-
-    def order(name: str) -> tuple[bool, bool, str]:
-        return ".dist-info/" in name, name.endswith(".dist-info/RECORD"), name
-
-    buf = BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zout:
-        for name in sorted(data, key=order):
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.create_system = 3
-            info.external_attr = 0o100644 << 16
-            zout.writestr(info, data[name], compresslevel=9)
-    return io.write_bytes(dest, buf.getvalue())
-
-
-def _pip(args: Sequence[str], what: str, **kwargs: Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, **kwargs)
-    if proc.returncode:
-        raise BundleError(f"{what} failed (pip exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2000:]}")
-    return proc
-
-
-def build_own_wheel(dest_dir: Path) -> Path:
-    """kaggle_utils from this checkout, built in a clean copy (no stale build/ files) and normalised."""
-    with tempfile.TemporaryDirectory(prefix="kaggle_utils_wheel_") as tmp:
-        tree, out = Path(tmp) / "tree", Path(tmp) / "out"
-        tree.mkdir()
-        for name in ("pyproject.toml", "README.md", "LICENSE", "LICENSE.txt"):
-            if (REPO_ROOT / name).is_file():
-                shutil.copy2(REPO_ROOT / name, tree / name)
-        shutil.copytree(REPO_ROOT / "src", tree / "src",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-        env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
-        _pip(["wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(tree)],
-             "building the kaggle_utils wheel", env=env)
-        built = sorted(out.glob("*.whl"))
-        if len(built) != 1:
-            raise BundleError(f"pip wheel produced {[p.name for p in built]} instead of one kaggle_utils wheel")
-        return normalize_wheel(built[0], dest_dir / built[0].name)
-
-
-def cached_wheel(name: str, version: str, cache: Path = WHEEL_CACHE) -> Path | None:
-    for path in sorted(cache.glob("*.whl")):
-        wname, wversion, tags = wheel_name(path)
-        if wname == canonical(name) and wversion == version and kaggle_compatible(tags):
-            return path
-    return None
-
-
-def fetch_wheel(name: str, version: str, cache: Path = WHEEL_CACHE) -> Path:
-    """A Kaggle-compatible wheel of ``name==version``: from the repo's wheels/ cache, else the package index
-    (a binary for cp311 manylinux, else the sdist built here without isolation), then kept in the cache."""
-    if found := cached_wheel(name, version, cache):
-        return found
-    cache.mkdir(parents=True, exist_ok=True)
-    spec = f"{name}=={version}"
-    with tempfile.TemporaryDirectory(prefix="kernel_fetch_") as tmp:
-        binary = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-             KAGGLE_PYTHON, "--platform", KAGGLE_PLATFORM, "--implementation", "cp", "--abi",
-             f"cp{KAGGLE_PYTHON.replace('.', '')}", "-d", tmp, spec], capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if binary.returncode or not wheels:
-            src = Path(tmp) / "sdist"
-            _pip(["download", "-q", "--no-deps", "--no-binary=:all:", "-d", str(src), spec],
-                 f"downloading {spec} (no wheel for cp{KAGGLE_PYTHON} {KAGGLE_PLATFORM} either)")
-            sdists = sorted(src.iterdir())
-            _pip(["wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp, str(sdists[0])],
-                 f"building a wheel of {spec} from its sdist", env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
-            built = sorted(Path(tmp).glob("*.whl"))
-            return normalize_wheel(built[0], cache / built[0].name)
-        if not kaggle_compatible(wheel_name(wheels[0])[2]):
-            raise BundleError(f"{wheels[0].name} does not install on CPython {KAGGLE_PYTHON} {KAGGLE_PLATFORM}")
-        dest = cache / wheels[0].name
-        io.write_bytes(dest, wheels[0].read_bytes())
-        return dest
 
 
 # ---------------------------------------------------------------------------------------------- bundle
@@ -634,7 +421,7 @@ def _bundle_weights(names: Sequence[str], dest: Path) -> list[dict[str, Any]]:
     """Only on request: ImageNet weights (for training on Kaggle), verified, with their manifest entries."""
     if not names:
         return []
-    from . import weights
+    from kaggle_utils.models import weights
 
     manifest = weights.load_manifest()
     entries, out = {}, []
@@ -666,98 +453,3 @@ def format_sizes(report: dict[str, Any]) -> str:
              f"  not bundled (assumed on the Kaggle image, {report['image_list']}): "
              + ", ".join(report["assumed_on_kaggle_image"])]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-def _run_folders(root: Path) -> list[Path]:
-    """Folders directly under ``root`` that hold at least one ``fold*/best.pt``."""
-    return sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("fold*/best.pt"))) if root.is_dir() else []
-
-
-def latest_chain_runs(outputs: str | os.PathLike = "outputs") -> tuple[list[Path], str]:
-    """The run folders of the most recently finished chain under ``outputs`` (its last pseudo-label round's
-    runs, which its submission used), and a message saying which; or ``[]`` and a message listing every run
-    folder found and how to choose. Lets a bare ``python build_kernel.py`` follow ``make demo``."""
-    root = Path(outputs)
-    logs = sorted(root.glob("*/run_log.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for log in logs:
-        work = log.parent
-        rounds = sorted((d for d in work.glob("runs_round*") if d.name[10:].isdigit()),
-                        key=lambda d: int(d.name[10:]))
-        runs = _run_folders(rounds[-1]) if rounds else _run_folders(work / "runs")
-        if runs:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(log.stat().st_mtime))
-            return runs, (f"no run folders given: using the runs of the most recent chain, {work} (run_log.json "
-                          f"{when}): {' '.join(str(r) for r in runs)}")
-    found = sorted({p.parent.parent for p in root.glob("**/fold*/best.pt")}) if root.is_dir() else []
-    if not found:
-        return [], (f"error: no run folders given and none found under {root}/ (a run folder holds fold<k>/best.pt); "
-                    "train first (`make demo`), then: python build_kernel.py RUN_DIR [RUN_DIR ...] --owner YOU")
-    listed = "\n".join(f"  {r}" for r in found)
-    return [], (f"error: no run folders given and no finished chain (run_log.json) under {root}/; run folders "
-                f"found:\n{listed}\nname the ones to bundle: python build_kernel.py RUN_DIR [RUN_DIR ...] --owner YOU")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    from .kernel_plan import GPU_PROFILES, plan
-    from .kernel_verify import verify
-
-    ap = argparse.ArgumentParser(description="Build the Kaggle dataset + kernel bundle from trained runs.")
-    ap.add_argument("runs", nargs="*", help="run folders (fold*/best.pt), e.g. outputs/demo/runs/lite0; "
-                    "default: the runs of the most recent chain under outputs/")
-    ap.add_argument("--out", default="outputs/kernel_bundle", help="bundle folder (default %(default)s)")
-    ap.add_argument("--owner", help=f"your Kaggle user name (default {BundleSpec.owner!r}, with a warning)")
-    ap.add_argument("--dataset-slug", default=BundleSpec.dataset_slug)
-    ap.add_argument("--dataset-title", default=BundleSpec.dataset_title)
-    ap.add_argument("--kernel-slug", default=BundleSpec.kernel_slug)
-    ap.add_argument("--kernel-title", help="default: from the kernel slug (Kaggle links the two)")
-    ap.add_argument("--competition", default=COMPETITION)
-    ap.add_argument("--license", help=f"one Kaggle licence name (default {BundleSpec.license})")
-    ap.add_argument("--weights", action="append", default=[], metavar="NAME",
-                    help="also bundle these ImageNet weights (not needed for inference)")
-    ap.add_argument("--tta", default="hflip", help="the kernel's TTA (and the plan's)")
-    ap.add_argument("--no-build", action="store_true", help="use the bundle already in --out")
-    ap.add_argument("--verify", action="store_true", help="install + run the kernel offline in a fresh venv")
-    ap.add_argument("--verify-images", help="folder of test images for --verify (default: APTOS PNGs + sample)")
-    ap.add_argument("--plan", action="store_true", help="predict the kernel's run time on Kaggle")
-    ap.add_argument("--images", type=int, default=13_000, help="test-set size for --plan (default %(default)s)")
-    ap.add_argument("--gpu", choices=sorted(GPU_PROFILES), default="p100")
-    ap.add_argument("--gpu-fraction", type=float, help="achieved fraction of GPU peak (default per model family)")
-    ap.add_argument("--budget-hours", type=float, default=9.0)
-    ap.add_argument("--plan-images", help="folder of real images to time preprocessing on")
-    args = ap.parse_args(argv)
-    if not args.runs:
-        found, message = latest_chain_runs()
-        print(message, file=sys.stderr if not found else sys.stdout)
-        if not found:
-            return 2
-        args.runs = [str(r) for r in found]
-    if args.owner is None:
-        print(f"warning: no --owner: assumed Kaggle user {BundleSpec.owner!r} (dataset "
-              f"{BundleSpec.owner}/{args.dataset_slug}, kernel {BundleSpec.owner}/{args.kernel_slug})"
-              + ("" if args.license else f" and licence {BundleSpec.license}")
-              + "; `kaggle datasets create` needs your own user name: pass --owner YOUR_KAGGLE_NAME", file=sys.stderr)
-    spec = BundleSpec([Path(r) for r in args.runs], Path(args.out), args.owner or BundleSpec.owner,
-                      args.dataset_slug, args.dataset_title, args.kernel_slug, args.kernel_title, args.competition,
-                      args.license or BundleSpec.license, args.weights, args.tta)
-    try:
-        if not args.no_build:
-            build(spec)
-        if args.verify:
-            images = sorted(p for p in Path(args.verify_images).iterdir() if p.is_file()) \
-                if args.verify_images else None
-            verify(spec.out, images)
-        if args.plan:
-            imgs = sorted(Path(args.plan_images).glob("*.*")) if args.plan_images else None
-            _, table = plan(args.runs, args.images, args.tta, args.gpu, args.gpu_fraction, args.budget_hours, imgs)
-            print(table)
-    except (BundleError, VerifyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .preprocess import ImageReadError, read_image
+from kaggle_utils.data.decode import ImageReadError, read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +75,7 @@ def _encode(grades: np.ndarray, head: str) -> torch.Tensor:
 class FundusDataset(Dataset):
     """Cached fundus images -> ``(float32 CHW normalised tensor, target)``.
 
-    ``table`` needs an image path column (``cache_path`` when present, as :func:`kaggle_utils.cache.load_cache`
+    ``table`` needs an image path column (``cache_path`` when present, as :func:`kaggle_utils.data.cache.load_cache`
     returns, falling back to ``path`` in rows without one, else ``path``) and, for training, ``grade`` (soft
     grades allowed for regression/ordinal heads). Targets come from ``heads.encode_targets`` so the
     dataset follows the model head. ``transform`` is an albumentations Compose working on uint8 HxWx3 RGB; it is

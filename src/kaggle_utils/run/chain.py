@@ -11,24 +11,27 @@ Rerunning the same config skips finished steps (``run_log.json``) and resumes un
 
 from __future__ import annotations
 
-import argparse
-import copy
-import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import io
+from kaggle_utils import io
+from kaggle_utils.run.config import (
+    abs_path,
+    expand_models,
+    load_config,
+    pretrain_settings,
+    source_list,
+    source_weights,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 KAGGLE_BUDGET_S = 9 * 3600
 LOG_FILE = "run_log.json"
@@ -65,146 +68,14 @@ def _relative_to(value: Any, root: str) -> Any:
     return value
 
 
-# ------------------------------------------------------------------------------------------- config
-
-
-TOP_KEYS = {"workdir", "budget_hours", "reserve_s", "workers", "cell_timeout_s", "data", "preprocess", "folds",
-            "pretrain", "train", "models", "test", "infer", "blend", "pseudo"}
-MODEL_KEYS = {"name", "sizes", "seeds", "folds", "preprocess", "pretrain", "train_sources"}
-PRETRAIN_KEYS = {"val_fraction", "sources", "init"}
-CHAIN_FIELDS = {"out_dir", "cache_dir", "table_csv", "folds_csv", "fold", "init_from", "deadline"}  # set by plan
-
-
-def load_config(path: str | os.PathLike | dict[str, Any], plan_only: bool = False) -> dict[str, Any]:
-    """Read and check a chain config: unknown keys, missing files and sources without rows are errors here,
-    before hours of training (``--plan`` shows them without running anything). ``plan_only``: a source or
-    test set whose files are elsewhere (a Kaggle config planned locally) is fine when it declares ``rows``."""
-    if isinstance(path, dict):
-        cfg, where = copy.deepcopy(path), "config"
-    else:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        cfg, where = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}, str(path)
-    try:
-        check_config(cfg, plan_only)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from err
-    return cfg
-
-
-def check_config(cfg: dict[str, Any], plan_only: bool = False) -> None:
-    from .assemble import parse_sources
-    from .preprocess import PreprocessConfig
-    from .train import TrainConfig
-
-    for key in ("data", "models"):
-        if key not in cfg:
-            raise ValueError(f"missing top-level '{key}' section")
-    _unknown("top-level", cfg, TOP_KEYS)
-    if not cfg["models"]:
-        raise ValueError("'models' lists no model to train")
-    names = [m.get("name") for m in cfg["models"]]
-    if None in names or len(set(names)) != len(names):
-        raise ValueError(f"every model needs a unique 'name', got {names}")
-    specs = parse_sources(cfg["data"])
-    train_fields = set(TrainConfig.__dataclass_fields__) - CHAIN_FIELDS
-    _unknown("train", cfg.get("train") or {}, train_fields)
-    _unknown("pretrain", cfg.get("pretrain") or {}, train_fields | PRETRAIN_KEYS)
-    _unknown("folds", cfg.get("folds") or {}, {"n_folds", "seed"})
-    PreprocessConfig.from_dict(cfg.get("preprocess") or {})
-    external = {s.name for s in specs if s.role == "external"}
-    for m in cfg["models"]:
-        _unknown(f"model {m['name']!r}", m, train_fields | MODEL_KEYS)
-        PreprocessConfig.from_dict({**(cfg.get("preprocess") or {}), **(m.get("preprocess") or {})})
-        pre = m.get("pretrain")
-        if pre:
-            _unknown(f"model {m['name']!r} pretrain", pre if isinstance(pre, dict) else {},
-                     train_fields | PRETRAIN_KEYS)
-            if not external:
-                raise ValueError(f"model {m['name']!r} pre-trains but no data source has role: external")
-        for key in ("train_sources",):
-            bad = sorted(set(m.get(key) or ()) - external)
-            if bad:
-                raise ValueError(f"model {m['name']!r} {key} {bad}: not external sources ({sorted(external)})")
-        bad = sorted(set(_pretrain_cfg(cfg, m).get("sources") or ()) - external) if pre else []
-        if bad:
-            raise ValueError(f"model {m['name']!r} pretrain sources {bad}: not external sources ({sorted(external)})")
-    for spec in specs:
-        for what, p in (("csv", spec.csv), ("images", spec.images)):
-            if not Path(p).exists() and not (plan_only and spec.rows):
-                raise FileNotFoundError(f"source {spec.name!r}: {what} {p} does not exist")
-    test = cfg.get("test") or {}
-    _unknown("test", test, {"csv", "images", "ext", "rows"})
-    for what in ("csv", "images"):
-        if test.get(what) and not Path(test[what]).exists() and not (plan_only and test.get("rows")):
-            raise FileNotFoundError(f"test {what} {test[what]} does not exist")
-    if not test.get("csv") and not any(s.holdout for s in specs):
-        raise ValueError("no test set: give 'test: {csv, images}' or a 'holdout' on the competition source")
-
-
-def _unknown(where: str, section: dict[str, Any], known: set[str]) -> None:
-    if not isinstance(section, dict):
-        raise TypeError(f"{where} must be a mapping, got {type(section).__name__}")
-    bad = sorted(set(section) - known)
-    if bad:
-        raise ValueError(f"unknown {where} key(s) {bad}; known: {sorted(known)}")
-
-
-def _abs(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).resolve())
-
-
-def _sources(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The config's sources as plain dicts with absolute paths (the preprocess notebook's ``sources``)."""
-    from .assemble import parse_sources
-
-    return [{**dataclasses.asdict(s), "csv": _abs(s.csv), "images": _abs(s.images)}
-            for s in parse_sources(cfg["data"])]
-
-
 def _preprocess_params(cfg: dict[str, Any], pre: dict[str, Any], out: Path, table_dir: Path) -> dict[str, Any]:
     folds, pretrain = cfg.get("folds", {}), cfg.get("pretrain") or {}
     return {
-        "sources": _sources(cfg), "out_dir": str(out), "table_dir": str(table_dir),
+        "sources": source_list(cfg), "out_dir": str(out), "table_dir": str(table_dir),
         "n_folds": int(folds.get("n_folds", 5)), "seed": int(folds.get("seed", 0)),
         "pretrain_val_fraction": float(pretrain.get("val_fraction", 0.0)),
         "workers": int(cfg.get("workers", os.cpu_count() or 1)), **pre,
     }
-
-
-def expand_models(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One entry per trained run: ``sizes: [..]`` and ``seeds: [..]`` multiply a model (1st place: 2 seeds x 4
-    architectures; 2nd/4th: one model at several input sizes). ``_base`` names what the seeds share."""
-    out = []
-    for m in cfg["models"]:
-        sizes, seeds = m.get("sizes"), m.get("seeds")
-        for size in sizes or [None]:
-            base = m["name"] if size is None or len(sizes) == 1 else f"{m['name']}_{size}"
-            for seed in seeds or [None]:
-                e = {k: v for k, v in m.items() if k not in ("sizes", "seeds")}
-                e["name"] = base if seed is None or len(seeds) == 1 else f"{base}_s{seed}"
-                e["_base"] = base
-                if size is not None:
-                    e["size"] = size
-                if seed is not None:
-                    e["seed"] = seed
-                out.append(e)
-    names = [e["name"] for e in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"expanded model names repeat: {names}")
-    return out
-
-
-def _pretrain_cfg(cfg: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
-    own = m.get("pretrain")
-    return {**(cfg.get("pretrain") or {}), **(own if isinstance(own, dict) else {})}
-
-
-def _source_weights(cfg: dict[str, Any]) -> dict[str, float] | None:
-    from .assemble import parse_sources
-
-    weights = {s.name: float(s.weight) for s in parse_sources(cfg["data"])}
-    return weights if any(w != 1.0 for w in weights.values()) else None
 
 
 def _train_params(spec: dict[str, Any], weights: dict[str, float] | None, datasets: set[str]) -> dict[str, Any]:
@@ -218,7 +89,7 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
     """The steps of one round: preprocess (one cache per distinct recipe; the first also builds the table of
     every source), pre-train (stage 1, per model, on external sources), train (model x fold, fine-tuned from
     stage 1 when the model pre-trains), infer, blend."""
-    from .assemble import parse_sources
+    from kaggle_utils.data.assemble import parse_sources
 
     tag = f":r{round_no}" if round_no else ""
     steps: list[Step] = []
@@ -240,7 +111,7 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
     first_cache = next(iter(caches.values()))
     runs_dir = workdir / ("runs" if round_no == 0 else f"runs_round{round_no}")
     defaults = cfg.get("train", {})
-    weights = _source_weights(cfg)
+    weights = source_weights(cfg)
     extra = str(workdir / f"pseudo_round{round_no}.csv") if round_no else None
     pretrained: dict[str, Path] = {}
     for m in models:
@@ -253,7 +124,7 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
         data = {"cache_dir": str(m["_cache"]), "folds_csv": str(m["_cache"] / "folds.csv")}
         init_from = None
         if m.get("pretrain"):
-            pcfg = _pretrain_cfg(cfg, m)
+            pcfg = pretrain_settings(cfg, m)
             init = pcfg.pop("init", "best")
             datasets = pcfg.pop("sources", None)
             pcfg.pop("val_fraction", None)
@@ -274,8 +145,8 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
     test = cfg.get("test") or {}
     run_dirs = [str(runs_dir / m["name"]) for m in models]
     preds = workdir / ("preds" if round_no == 0 else f"preds_round{round_no}")
-    test_csv = _abs(test.get("csv")) or str(table_dir / "test.csv")
-    infer_params = {"run_dirs": run_dirs, "test_csv": test_csv, "test_images": _abs(test.get("images")),
+    test_csv = abs_path(test.get("csv")) or str(table_dir / "test.csv")
+    infer_params = {"run_dirs": run_dirs, "test_csv": test_csv, "test_images": abs_path(test.get("images")),
                     "test_ext": test.get("ext", ".png"), "out_dir": str(preds), **cfg.get("infer", {})}
     steps.append(Step(f"infer{tag}", "infer", infer_params))
     blend_dir = workdir / ("blend" if round_no == 0 else f"blend_round{round_no}")
@@ -346,7 +217,7 @@ class Runner:
 
     def _execute(self, step: Step, params: dict[str, Any], out_nb: Path, timeout: int) -> None:
         if step.kind == "pseudo":
-            from .ensemble import build_pseudo_round
+            from kaggle_utils.inference.pseudo import build_pseudo_round
 
             build_pseudo_round(**params)
             return
@@ -405,64 +276,12 @@ def _pseudo_step(cfg: dict[str, Any], work: Path, round_no: int) -> Step:
     pseudo = cfg.get("pseudo") or {}
     first_cache = work / "cache0"
     test = cfg.get("test") or {}
-    params = {"test_csv": _abs(test.get("csv")) or str(work / "data" / "test.csv"),
-              "test_images": _abs(test.get("images")), "test_ext": test.get("ext", ".png"),
+    params = {"test_csv": abs_path(test.get("csv")) or str(work / "data" / "test.csv"),
+              "test_images": abs_path(test.get("images")), "test_ext": test.get("ext", ".png"),
               "blend_dir": str(work / f"blend{prev}"), "cache_dir": str(first_cache),
               "out_csv": str(work / f"pseudo_round{round_no}.csv"), "round_no": round_no,
               "soft": bool(pseudo.get("soft", True)), "min_distance": float(pseudo.get("min_distance", 0.0))}
     return Step(f"pseudo:r{round_no}", "pseudo", params, kind="pseudo")
-
-
-def _print_plan(config: str, workdir: str | None, budget_hours: float | None) -> int:
-    from .run_plan import describe, format_plan
-    from .sources import SourceError
-
-    try:
-        cfg = load_config(config, plan_only=True)
-        if budget_hours is not None:
-            cfg["budget_hours"] = budget_hours
-        rows, facts = describe(cfg, Path(workdir or cfg.get("workdir", "outputs/run")).resolve())
-    except (OSError, ValueError, SourceError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(format_plan(rows, facts))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="YAML parameters file (see configs/)")
-    parser.add_argument("--workdir", help="output folder (default: the config's workdir)")
-    parser.add_argument("--budget-hours", type=float, help="overall budget (default: config, else 9)")
-    parser.add_argument("--plan", action="store_true",
-                        help="print every step, what it trains on and its estimated time here and on a P100; "
-                             "run nothing")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="training steps that run start afresh, discarding a run with other settings in "
-                             "their out_dir (instead of stopping with a settings mismatch)")
-    args = parser.parse_args(argv)
-    budget = None if args.budget_hours is None else args.budget_hours * 3600
-    if args.plan:
-        return _print_plan(args.config, args.workdir, args.budget_hours)
-    from .sources import SourceError
-
-    try:
-        log = run_chain(args.config, args.workdir, budget, overwrite=args.overwrite)
-    except BudgetExceeded as err:
-        print(f"[run] stopped: {err}", file=sys.stderr)
-        return 3
-    except (OSError, ValueError, SourceError) as err:  # the config: checked before any step runs
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # a step failed; its executed notebook holds the traceback
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
-    total = sum(s["seconds"] for s in log["steps"].values())
-    print(f"[run] all steps done ({total / 60:.1f} min of step time)")
-    print(f"[run] {test_summary(log.get('outputs', {}))}")
-    for key, path in log.get("outputs", {}).items():
-        print(f"[run] {key}: {path}")
-    return 0
 
 
 def test_summary(outputs: dict[str, str]) -> str:
@@ -481,7 +300,3 @@ def test_summary(outputs: dict[str, str]) -> str:
         more = f"; ... {len(df) - 3} more" if len(df) > 3 else ""
         parts.append(f"{len(df)} {what}" + (f" ({shown}{more})" if len(df) else ""))
     return "test images: " + ", ".join(parts)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

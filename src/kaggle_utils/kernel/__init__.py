@@ -1,0 +1,42 @@
+"""The offline Kaggle bundle: dataset (wheels + checkpoints) and kernel notebook, verified and planned.
+
+``layout`` (names, paths, errors), ``image`` (what the Kaggle image already has), ``wheels``, ``bundle``
+(:func:`build`), ``verify`` (fresh venv, no network), ``plan`` (run time against the 9 h limit).
+``python build_kernel.py`` or ``python -m kaggle_utils.kernel`` is the command.
+"""
+
+from kaggle_utils._exports import lazy_exports
+
+# name -> defining module, imported on first use (so importing the package stays light)
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys([
+        "RunInfo", "inspect_run", "model_package", "BundleSpec", "dataset_metadata", "kernel_metadata",
+        "validate_dataset_metadata", "validate_kernel_metadata", "render_notebook", "sha256",
+        "file_table", "resolve_bundle", "build", "format_sizes", "KAGGLE_LICENSES",
+    ], "kaggle_utils.kernel.bundle"),
+    **dict.fromkeys([
+        "read_image_list", "installed", "closure", "image_distributions", "KAGGLE_PYTHON",
+        "KAGGLE_PLATFORM", "UNDECLARED", "VENV_OWN", "KAGGLE_MARKERS",
+    ], "kaggle_utils.kernel.image"),
+    **dict.fromkeys([
+        "BundleError", "VerifyError", "canonical", "slugify", "REPO_ROOT", "IMAGE_LIST", "WHEEL_CACHE",
+        "NOTEBOOK", "COMPETITION", "MODEL_FILES", "ZIP_DATE", "FALLBACK", "INPUT_ENV", "REPORT",
+        "VERIFY_REPORT", "PARTS", "EMULATION", "MANIFEST", "OWN", "SLUG",
+    ], "kaggle_utils.kernel.layout"),
+    **dict.fromkeys([
+        "GpuProfile", "RunMeasure", "measure_run", "measure_preprocess", "plan_images", "estimate",
+        "format_plan",
+    ], "kaggle_utils.kernel.plan"),
+    **dict.fromkeys([
+        "check_manifest", "write_manifest", "link_image", "network_isolation", "layout_test_set",
+        "default_test_images", "VerifyReport",
+    ], "kaggle_utils.kernel.verify"),
+    **dict.fromkeys([
+        "wheel_name", "kaggle_compatible", "normalize_wheel", "build_own_wheel", "cached_wheel",
+        "fetch_wheel",
+    ], "kaggle_utils.kernel.wheels"),
+    **dict.fromkeys([
+        "latest_chain_runs", "main",
+    ], "kaggle_utils.kernel.__main__"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,0 +1,70 @@
+"""Run the whole chain from one YAML config (``--plan``: print the steps and their times, run nothing).
+
+    python -m kaggle_utils.run configs/demo.yaml [--workdir DIR] [--budget-hours H] [--plan] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kaggle_utils.run.chain import BudgetExceeded, run_chain, test_summary
+from kaggle_utils.run.config import load_config
+
+
+def _print_plan(config: str, workdir: str | None, budget_hours: float | None) -> int:
+    from kaggle_utils.data.labels import SourceError
+    from kaggle_utils.run.estimate import describe, format_plan
+
+    try:
+        cfg = load_config(config, plan_only=True)
+        if budget_hours is not None:
+            cfg["budget_hours"] = budget_hours
+        rows, facts = describe(cfg, Path(workdir or cfg.get("workdir", "outputs/run")).resolve())
+    except (OSError, ValueError, SourceError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_plan(rows, facts))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kaggle_utils.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML parameters file (see configs/)")
+    parser.add_argument("--workdir", help="output folder (default: the config's workdir)")
+    parser.add_argument("--budget-hours", type=float, help="overall budget (default: config, else 9)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print every step, what it trains on and its estimated time here and on a P100; "
+                             "run nothing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="training steps that run start afresh, discarding a run with other settings in "
+                             "their out_dir (instead of stopping with a settings mismatch)")
+    args = parser.parse_args(argv)
+    budget = None if args.budget_hours is None else args.budget_hours * 3600
+    if args.plan:
+        return _print_plan(args.config, args.workdir, args.budget_hours)
+    from kaggle_utils.data.labels import SourceError
+
+    try:
+        log = run_chain(args.config, args.workdir, budget, overwrite=args.overwrite)
+    except BudgetExceeded as err:
+        print(f"[run] stopped: {err}", file=sys.stderr)
+        return 3
+    except (OSError, ValueError, SourceError) as err:  # the config: checked before any step runs
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a step failed; its executed notebook holds the traceback
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    total = sum(s["seconds"] for s in log["steps"].values())
+    print(f"[run] all steps done ({total / 60:.1f} min of step time)")
+    print(f"[run] {test_summary(log.get('outputs', {}))}")
+    for key, path in log.get("outputs", {}).items():
+        print(f"[run] {key}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""``python -m kaggle_utils.run CONFIG --plan``: every step the chain would run, on what, and for how long.
+
+Runs nothing and reads only the label files (and a few images, to time their preprocessing), so it takes
+seconds and reports config errors before hours of training. Row counts are what the steps will see up to
+duplicate removal and decode failures (marked ``~``): folds and duplicate groups are only made by the
+preprocess step.
+
+Times are estimates: forward FLOPs per image are counted (torch's FlopCounterMode, batch 1, the real model
+at its input size), training costs 3x a forward pass, and the rates below turn FLOPs into seconds. The CPU
+rates were measured on this project's 2-core machine (``bench/train.py``-style loops, channels-last);
+the P100 rates take its 9.3 TFLOP/s fp32 peak and the achieved fractions of ``kernel_plan`` (no GPU was
+available to check them against).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kaggle_utils.kernel.plan import ACHIEVED, CPU_SCALING, GPU_PROFILES, KAGGLE_VCPUS, model_family
+
+# Achieved GFLOP/s here (2 cores), by family: lite0 at 224 px trains at ~13 img/s and predicts at ~58 img/s
+# (0.77 GFLOP forward); SE-ResNeXt50 at 160 px trains at ~5 img/s and predicts at ~22 img/s (4.3 GFLOP).
+CPU_GFLOPS = {"train": {"depthwise": 27.0, "dense": 65.0}, "forward": {"depthwise": 40.0, "dense": 95.0}}
+# Reading a cached PNG and augmenting it (the "seed" preset) in one thread: measured 2.6 + 1.9 ms at 224 px
+# here (0.9 + 0.9 at 128, 5.2 + 3.0 at 320), so it scales with the pixel count.
+CPU_LOADER_S_224 = 0.0045
+# Kaggle's 4 vCPUs (2 cores x 2 threads) feed the GPU: about 3 threads' worth of loading, i.e. a cap of
+# ~670 img/s at 224 px, far above what the models here train at.
+KAGGLE_LOADER_WORKERS = KAGGLE_VCPUS * CPU_SCALING
+
+
+@dataclass
+class Cost:
+    gflop: float  # forward, per image
+
+    def here(self, family: str, train_imgs: float, fwd_imgs: float, size: int) -> float:
+        loader = CPU_LOADER_S_224 * (size / 224) ** 2
+        return (train_imgs * (3 * self.gflop / CPU_GFLOPS["train"][family] + loader)
+                + fwd_imgs * (self.gflop / CPU_GFLOPS["forward"][family] + loader / 4))
+
+    def p100(self, family: str, train_imgs: float, fwd_imgs: float, size: int) -> float:
+        rate = GPU_PROFILES["p100"].peak_tflops * 1e3 * ACHIEVED["p100"][family]  # GFLOP/s
+        loader = CPU_LOADER_S_224 * (size / 224) ** 2 / KAGGLE_LOADER_WORKERS
+        return train_imgs * max(3 * self.gflop / rate, loader) + fwd_imgs * max(self.gflop / rate, loader / 4)
+
+
+_FLOPS: dict[tuple[str, str, int], float] = {}
+
+
+def forward_gflop(model: str, head: str, size: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kaggle_utils.models import create_model
+
+    key = (model, head, size)
+    if key not in _FLOPS:
+        net = create_model(model, head=head, pretrained=False).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, 3, size, size))
+        _FLOPS[key] = counter.get_total_flops() / 1e9
+    return _FLOPS[key]
+
+
+def _preprocess_s(table: pd.DataFrame, specs: list[Any], base: dict[str, Any], n: int = 3) -> dict[str, float]:
+    """Seconds per image of each source's recipe, timed on its first few images here."""
+    from kaggle_utils.data.preprocess import preprocess_image
+
+    out = {}
+    for spec in specs:
+        paths = table.loc[table["dataset"] == spec.name, "path"].head(n).tolist() or _stand_ins(spec)[:n]
+        recipe = spec.recipe(base)
+        t0 = time.perf_counter()
+        for p in paths:
+            preprocess_image(p, recipe)
+        out[spec.name] = (time.perf_counter() - t0) / max(1, len(paths))
+    return out
+
+
+def _stand_ins(spec: Any) -> list[str]:
+    """Real originals in ../shared/data/raw that time a source whose files are not on this machine."""
+    from kaggle_utils.kernel.plan import plan_images
+
+    raw = plan_images()[0].parent
+    pattern = "aptos_*.png" if spec.reader == "aptos" else "idrid_*.jpg"
+    return [str(p) for p in sorted(raw.glob(pattern))] or [str(p) for p in plan_images()]
+
+
+def _load_counted(specs: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Rows of the sources that are here; the others count as their declared ``rows``."""
+    from kaggle_utils.data.assemble import load_specs
+
+    here = [s for s in specs if Path(s.csv).is_file()]
+    elsewhere = [s.name for s in specs if s not in here]
+    if here:
+        table, skipped = load_specs(here)
+    else:
+        table, skipped = pd.DataFrame(columns=["id", "path", "dataset"]), pd.DataFrame()
+    return table, skipped, elsewhere
+
+
+def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per step: what it does, on which rows, and its estimated seconds here and on a P100."""
+    from kaggle_utils.data.assemble import parse_sources
+    from kaggle_utils.run import chain, config
+
+    specs = parse_sources(cfg["data"])
+    table, skipped, elsewhere = _load_counted(specs)
+    counts = {**table["dataset"].value_counts().to_dict(), **{s.name: int(s.rows) for s in specs
+                                                              if s.name in elsewhere}}
+    comp = next(s for s in specs if s.role == "competition")
+    n_folds = int((cfg.get("folds") or {}).get("n_folds", 5))
+    n_comp = counts[comp.name] - comp.holdout
+    val_fraction = float((cfg.get("pretrain") or {}).get("val_fraction", 0.0))
+    models = {m["name"]: m for m in config.expand_models(cfg)}
+    test = cfg.get("test") or {}
+    n_test = (len(pd.read_csv(test["csv"])) if Path(test["csv"]).is_file() else int(test["rows"])) \
+        if test.get("csv") else comp.holdout
+    infer_cfg = cfg.get("infer") or {}
+    from kaggle_utils.inference.predict import tta_views
+
+    views = tta_views(str(infer_cfg.get("tta", "none")))
+    rows: list[dict[str, Any]] = []
+    steps = chain.plan(config.load_config(cfg, plan_only=True), workdir)
+    for step in steps:
+        p = step.params
+        if step.notebook == "preprocess":
+            n = sum(counts.values())
+            per = _preprocess_s(table, specs, {k: v for k, v in p.items() if k in _PRE_KEYS})
+            here = sum(per[s.name] * counts.get(s.name, 0) for s in specs) / max(1, int(p.get("workers", 1)))
+            kaggle = here * max(1, int(p.get("workers", 1))) / KAGGLE_LOADER_WORKERS
+            rows.append({"step": step.name, "stage": "data", "trains_on": ", ".join(
+                f"{s.name} ({s.role}{', resize only' if s.preprocessed else ''}) {counts.get(s.name, 0)}"
+                for s in specs), "rows": f"{n}", "here_s": here, "p100_s": kaggle})
+            continue
+        if step.notebook == "train":
+            rows.append(_train_row(step, p, specs, counts, n_comp, n_folds, val_fraction))
+            continue
+        if step.notebook == "infer":
+            here = p100 = 0.0
+            for name in (Path(d).name for d in p["run_dirs"]):
+                m = models[name]
+                folds = len(m.get("folds") or range(n_folds))
+                cost = Cost(forward_gflop(m["model"], m.get("head", "regression"), int(m.get("size", 224))))
+                fam = model_family(m["model"])
+                fwd = n_test * folds * views + (n_comp * views if infer_cfg.get("oof_tta") else 0)
+                here += cost.here(fam, 0, fwd, int(m.get("size", 224)))
+                p100 += cost.p100(fam, 0, fwd, int(m.get("size", 224)))
+            oof = f" + OOF x{views}" if infer_cfg.get("oof_tta") else ""
+            rows.append({"step": step.name, "stage": "inference", "trains_on": f"TTA {infer_cfg.get('tta', 'none')}",
+                         "rows": f"{n_test} test{oof}", "here_s": here, "p100_s": p100})
+            continue
+        rows.append({"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
+                     "p100_s": 10.0})
+    facts = {"skipped_rows": len(skipped), "counts": counts, "n_comp": n_comp, "n_test": n_test,
+             "elsewhere": elsewhere,
+             "budget_s": float(cfg.get("budget_hours", 9)) * 3600}
+    return rows, facts
+
+
+_PRE_KEYS = {"size", "crop", "crop_tol", "framing", "resize_mode", "circle", "clahe", "clahe_clip", "clahe_grid",
+             "ben_graham", "ben_sigma", "ben_sigma_frac", "ben_remask", "reduced_decode"}
+
+
+def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str, int], n_comp: int, n_folds: int,
+               val_fraction: float) -> dict[str, Any]:
+    external = [s.name for s in specs if s.role == "external"]
+    comp = next(s.name for s in specs if s.role == "competition")
+    if p["stage"] == "pretrain":
+        used = p.get("train_sources") or external
+        n = sum(counts.get(d, 0) for d in used)
+        val = round(n * val_fraction)
+        train, stage = n - val, "stage 1 (pre-train)"
+        on = ", ".join(used)
+    else:
+        extra = p.get("train_sources") or []
+        val = round(n_comp / n_folds)
+        train = n_comp - val + sum(counts.get(d, 0) for d in extra)
+        stage = "fine-tune" if p.get("init_from") else "train"
+        on = ", ".join([comp, *extra]) + (" <- " + Path(p["init_from"]).parent.name if p.get("init_from") else "")
+    size, bs, epochs = int(p.get("size", 224)), int(p.get("batch_size", 16)), int(p.get("epochs", 10))
+    per_epoch = int(p.get("samples_per_epoch") or train)
+    if p.get("max_steps_per_epoch"):
+        per_epoch = min(per_epoch, int(p["max_steps_per_epoch"]) * bs)
+    cost = Cost(forward_gflop(p["model"], p.get("head", "regression"), size))
+    fam = model_family(p["model"])
+    args = (fam, epochs * per_epoch, epochs * val, size)
+    extras = [f"{p['model']} {p.get('head', 'regression')} @{size}", f"{epochs} ep"]
+    if p.get("average_last"):
+        extras.append(f"avg last {p['average_last']}")
+    if p.get("sampler_rates"):
+        extras.append("rates " + ":".join(f"{r:g}" for r in p["sampler_rates"]))
+    return {"step": step.name, "stage": stage, "trains_on": on + " | " + ", ".join(extras),
+            "rows": f"~{train} train / ~{val} val", "here_s": cost.here(*args), "p100_s": cost.p100(*args)}
+
+
+def _hm(s: float) -> str:
+    m = int(round(s / 60))
+    return f"{m // 60}h{m % 60:02d}" if m >= 60 else f"{max(s, 0) / 60:.1f}m" if s < 600 else f"{m}m"
+
+
+def format_plan(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
+    wide = max(len(r["step"]) for r in rows)
+    head = f"{'step':<{wide}}  {'stage':<19}  {'rows':<24}  {'here':>6}  {'P100':>6}  what"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['step']:<{wide}}  {r['stage']:<19}  {r['rows']:<24}  {_hm(r['here_s']):>6}  "
+                     f"{_hm(r['p100_s']):>6}  {r['trains_on']}")
+    here, p100 = sum(r["here_s"] for r in rows), sum(r["p100_s"] for r in rows)
+    budget = facts["budget_s"]
+    lines += ["-" * len(head),
+              f"total: {_hm(here)} here (2 CPU cores), {_hm(p100)} on a Kaggle P100; budget {_hm(budget)}: "
+              + ", ".join(f"{'fits' if t <= budget else 'past it by ' + _hm(t - budget)} {where}"
+                          for t, where in ((here, "here"), (p100, "on a P100"))),
+              *([f"not on this machine: {', '.join(facts['elsewhere'])} (declared rows; preprocessing timed on "
+                 "stand-in originals from ../shared/data/raw)"] if facts["elsewhere"] else []),
+              f"{facts['skipped_rows']} label row(s) will be skipped (bad grade or missing image); folds and "
+              "duplicates are made by the preprocess step, so '~' counts are before duplicate removal.",
+              "Times: counted FLOPs x measured CPU rates here; P100 from its peak and kernel_plan's achieved "
+              "fractions, not measured on a GPU."]
+    if p100 > 9 * 3600:
+        lines.append(f"WARNING: {_hm(p100)} is past Kaggle's 9 h limit on a P100")
+    return "\n".join(lines)
