@@ -2,7 +2,7 @@
 
 ``predict`` runs fold checkpoints over a test table; ``ensemble`` fits blend weights and QWK thresholds and
 writes submission.csv; ``shift`` estimates the test grade prior and simulates leaderboard shake-up; ``pseudo``
-builds pseudo-label rounds. ``ensemble``, ``shift`` and ``pseudo`` import no torch.
+builds pseudo-label rounds; ``files`` names what a predictions folder holds. Only ``predict`` imports torch.
 """
 
 from kaggle_utils._exports import lazy_exports

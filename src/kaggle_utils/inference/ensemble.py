@@ -20,11 +20,12 @@ from scipy.optimize import minimize
 
 from kaggle_utils import io, metrics
 from kaggle_utils.inference import shift
+from kaggle_utils.inference.files import PRED_FILE
 
 DEFAULT_THRESHOLDS = metrics.DEFAULT_THRESHOLDS
 THRESHOLD_MODES = ("oof", "prior_shift")  # cut points fitted on OOF as is / reweighted to the estimated test prior
 OOF_FILE = "oof.csv"
-TEST_FILE = "test_preds.csv"
+TEST_FILE = PRED_FILE  # what collect_test reads by default
 
 PathLike = str | os.PathLike
 RunSource = PathLike | pd.DataFrame

@@ -30,12 +30,9 @@ from torch import nn
 from kaggle_utils import io
 from kaggle_utils.data.decode import ImageReadError, read_image
 from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_array, retina_bbox
+from kaggle_utils.inference.files import FAILED_FILE, FLAGGED_FILE, PRED_FILE, VIEWS_FILE
 
 TTA_MODES = ("none", "hflip", "d8", "jitter<N>")
-PRED_FILE = "test_preds.csv"
-FAILED_FILE = "failed_images.csv"
-VIEWS_FILE = "test_views.csv"  # id, pred_fold<k>_view<v>: every fold x TTA view, unaveraged
-FLAGGED_FILE = "flagged_images.csv"
 TINY_PX = 64  # short side below this (real fundus photographs here: >= 340 px after reduced decoding)
 DARK_P99 = 25  # 99th percentile of gray below this: nearly black (real photographs here: >= 78)
 

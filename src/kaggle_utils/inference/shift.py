@@ -34,6 +34,7 @@ from scipy.optimize import minimize
 from scipy.stats import norm
 
 from kaggle_utils import metrics
+from kaggle_utils.inference.files import PRED_FILE, VIEWS_FILE
 
 N_CLASSES = metrics.N_CLASSES
 METHODS = ("em", "bbse")
@@ -413,8 +414,8 @@ def blend_uncertainty(frames: Mapping[str, pd.DataFrame], weights: Mapping[str, 
     return out
 
 
-def run_uncertainty(pred_dir: str | os.PathLike, views_file: str = "test_views.csv",
-                    preds_file: str = "test_preds.csv") -> pd.DataFrame:
+def run_uncertainty(pred_dir: str | os.PathLike, views_file: str = VIEWS_FILE,
+                    preds_file: str = PRED_FILE) -> pd.DataFrame:
     """:func:`uncertainty` of one run's test predictions: every fold x TTA view when ``views_file`` exists
     (written by inference), else the fold columns of ``preds_file``."""
     folder = Path(pred_dir)

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from kaggle_utils import io
+from kaggle_utils.inference.files import FAILED_FILE, FLAGGED_FILE
 from kaggle_utils.run.config import (
     abs_path,
     expand_models,
@@ -265,8 +266,8 @@ def run_chain(config: str | os.PathLike | dict[str, Any], workdir: str | os.Path
     final = work / ("blend" if rounds == 0 else f"blend_round{rounds}")
     preds = work / ("preds" if rounds == 0 else f"preds_round{rounds}")
     runner.log["outputs"] = {"submission": str(final / "submission.csv"), "report": str(final / "report.html"),
-                             "failed_images": str(preds / "failed_images.csv"),
-                             "flagged_images": str(preds / "flagged_images.csv")}
+                             "failed_images": str(preds / FAILED_FILE),
+                             "flagged_images": str(preds / FLAGGED_FILE)}
     io.write_json(runner.log_path, runner.log)
     return runner.log
 
