@@ -2,6 +2,7 @@
 """Build the Kaggle submission bundle (dataset of wheels + fold checkpoints, offline inference kernel).
 
     python build_kernel.py outputs/demo/runs/lite0 --out outputs/kernel_bundle --owner YOU [--verify] [--plan]
+    python build_kernel.py RUN_DIR --owner YOU --verify --data DIR   # DIR: the competition's test.csv + test_images/
     python build_kernel.py            # the runs of the most recent chain under outputs/ (it says which)
 
 All logic lives in kaggle_utils.kernel; `python build_kernel.py --help` lists the options.

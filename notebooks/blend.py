@@ -43,14 +43,15 @@ shakeup_sims = 300
 # %%
 from pathlib import Path
 
-import pandas as pd
 from IPython.display import IFrame, display
 
 from kaggle_utils import io, report
 from kaggle_utils.inference import ensemble, shift
 
+submission = Path(submission_path or f"{out_dir}/submission.csv")
+submission.unlink(missing_ok=True)  # a blend that fails below must not leave an older submission looking current
 names = [Path(d).name for d in run_dirs]
-test_ids = pd.read_csv(test_csv, dtype=str)[test_id_col]
+test_ids = io.read_csv(test_csv, text=None)[test_id_col]  # ids as written: NA, null, 0012
 # OOF predicted with the test-time TTA (infer's oof_tta) when present, else training's validation pass
 oof_sources = {n: (f"{preds_dir}/{n}/oof.csv" if Path(f"{preds_dir}/{n}/oof.csv").is_file() else d)
                for n, d in zip(names, run_dirs, strict=True)}
@@ -58,7 +59,7 @@ print("OOF from", oof_sources)
 result = ensemble.blend_runs(oof_sources, {n: f"{preds_dir}/{n}" for n in names}, test_ids, method=method,
                              thresholds=thresholds, prior_method=prior_method, n_boot=prior_boot)
 io.write_csv(f"{out_dir}/test_blend.csv", result.test)  # the next pseudo-label round reads it
-path = ensemble.write_submission(result.submission, submission_path or f"{out_dir}/submission.csv")
+path = ensemble.write_submission(result.submission, submission)  # atomic: whole or absent
 print(f"OOF QWK (blend, fitted thresholds): {result.oof_qwk:.4f}")
 print(f"weights {result.weights}; thresholds ({result.threshold_mode}) {[round(float(t), 3) for t in result.thresholds]}")
 if result.prior is not None:

@@ -53,8 +53,8 @@ if oof_tta:
     for run_dir in run_dirs:
         oof = predict.predict_oof(run_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
         io.write_csv(f"{out_dir}/{Path(run_dir).name}/oof.csv", oof)
-failed = pd.read_csv(f"{out_dir}/{predict.FAILED_FILE}", dtype=str, keep_default_na=False)
-flagged = pd.read_csv(f"{out_dir}/{predict.FLAGGED_FILE}", dtype=str, keep_default_na=False)
+failed = io.read_csv(f"{out_dir}/{predict.FAILED_FILE}", text=None)
+flagged = io.read_csv(f"{out_dir}/{predict.FLAGGED_FILE}", text=None)
 pd.concat([failed.assign(status="failed"), flagged], ignore_index=True)
 
 # %%

@@ -58,8 +58,8 @@ data = {"sources": sources} if sources else {"source": source, "csv": labels_csv
 specs = assemble.parse_sources(data)
 table = assemble.build_table(specs, tables, n_folds=n_folds, seed=seed, val_fraction=pretrain_val_fraction,
                              workers=workers)
-skipped = pd.read_csv(tables / assemble.PROBLEMS_FILE)
-dropped = pd.read_csv(tables / assemble.DROPPED_FILE, dtype=str)
+skipped = io.read_csv(tables / assemble.PROBLEMS_FILE)
+dropped = io.read_csv(tables / assemble.DROPPED_FILE, text=None)
 print(f"{len(table)} labelled images from {len(specs)} source(s); {len(skipped)} row(s) skipped; "
       f"{len(dropped)} external image(s) dropped as duplicates of competition images")
 assemble.summary(table, dropped)
@@ -74,7 +74,7 @@ folds.conflicting_groups(table)
 # %%
 base = {"size": size, "crop": crop, "circle": circle, "ben_graham": ben_graham, "clahe": clahe, "framing": framing}
 manifest = assemble.build_caches(table, specs, out, base, workers=workers)
-cached = pd.read_csv(out / assemble.TABLE_FILE, dtype={"id": str})
+cached = io.read_csv(out / assemble.TABLE_FILE)
 folds.fold_distribution(cached[cached["fold"] >= 0])
 
 # %%

@@ -32,12 +32,12 @@ pool = "avg"
 loss = None
 pretrained = True
 size = 224
-epochs = 2
+epochs = 8
 batch_size = 16
 lr = 1e-3
 augmentation = "seed"
 sampler_rates = None
-monitor = "val_qwk"
+monitor = "val_loss"
 patience = None
 seed = 0
 deadline = None
@@ -53,6 +53,7 @@ overrides = {}  # any other TrainConfig field, e.g. {"warmup_epochs": 1, "schedu
 import pandas as pd
 from IPython.display import Image, display
 
+from kaggle_utils import io
 from kaggle_utils.data.assemble import stage_table
 from kaggle_utils.training import TrainConfig, load_table, train_fold
 
@@ -60,7 +61,7 @@ fields = {k: v for k, v in dict(globals()).items() if k in TrainConfig.__datacla
 cfg = TrainConfig.from_dict({**fields, **overrides})
 table = stage_table(load_table(cfg), stage, train_sources)
 if extra_csv:  # pseudo-labelled rows: fold -1 trains in every fold, never validates
-    extra = pd.read_csv(extra_csv, dtype={"id": str})
+    extra = io.read_csv(extra_csv)
     table = pd.concat([table, extra.assign(fold=-1)], ignore_index=True)
 print(f"{stage}: {len(table)} rows, fold {fold}: {int((table['fold'] == fold).sum())} validation")
 table.groupby([table.get("dataset", pd.Series("all", index=table.index)), "fold"]).size().unstack(fill_value=0)
@@ -70,5 +71,5 @@ result = train_fold(cfg, table=table)
 result
 
 # %%
-display(pd.read_csv(f"{out_dir}/metrics.csv"))
+display(io.read_csv(f"{out_dir}/metrics.csv"))
 display(Image(filename=f"{out_dir}/curves.png"))

@@ -30,7 +30,7 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert "fold0.yaml not found" in _one_error_line(capsys)
     (tmp_path / "bad.yaml").write_text("epochs: 2\nlearning_rate: 0.1\n")
     assert training_cli.main(["--config", str(tmp_path / "bad.yaml")]) == 2
-    assert "unknown TrainConfig field(s) ['learning_rate']" in _one_error_line(capsys)
+    assert "unknown TrainConfig field(s) 'learning_rate'; known: [" in _one_error_line(capsys)
     (tmp_path / "broken.yaml").write_text("epochs: [2\n")
     assert training_cli.main(["--config", str(tmp_path / "broken.yaml")]) == 2
     assert "cannot parse" in _one_error_line(capsys)
@@ -42,6 +42,36 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert "lacks column(s) ['id', 'path', 'grade']" in err and "--source aptos" in err
     assert training_cli.main(["--config", str(REPO / "configs" / "fold_example.yaml"), "--set", "epochs"]) == 2
     assert "expected KEY=VALUE" in _one_error_line(capsys)
+
+
+def test_train_cli_set_typo_suggests_the_field(capsys):
+    fold = str(REPO / "configs" / "fold_example.yaml")
+    assert training_cli.main(["--config", fold, "--set", "epoch=5", "--set", "lr=3e-4"]) == 2
+    assert _one_error_line(capsys).endswith("unknown TrainConfig field(s) 'epoch' (did you mean 'epochs'?)")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"modles": []}, "unknown top-level key(s) 'modles' (did you mean 'models'?)"),
+    ({"train": {"epoch": 3}}, "unknown train key(s) 'epoch' (did you mean 'epochs'?)"),
+    ({"folds": {"n_fold": 3}}, "unknown folds key(s) 'n_fold' (did you mean 'n_folds'?)"),
+    ({"models": [{"name": "m", "model": "efficientnet-lite0", "lrr": 1}]},
+     "unknown model 'm' key(s) 'lrr' (did you mean 'lr'?)"),
+    ({"preprocess": {"ben_sigm": 10}}, "unknown PreprocessConfig keys 'ben_sigm' (did you mean 'ben_sigma'?)"),
+    ({"data": {"source": "idrid", "csvv": "x.csv", "images": "x"}},
+     "unknown data key(s) 'csvv' (did you mean 'csv'?)"),
+    ({"data": {"sources": [{"name": "a", "csv": "x.csv", "images": "x", "roel": "external"}]}},
+     "unknown SourceSpec keys 'roel' (did you mean 'role'?)"),
+])
+def test_chain_config_typos_suggest_the_key(tmp_path, change, message):
+    """Each key check of the chain YAML names the key it meant, without the list of every known key."""
+    import yaml
+
+    cfg = {"data": {"source": "idrid", "csv": "x.csv", "images": "x"},
+           "models": [{"name": "m", "model": "efficientnet-lite0"}], **change}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError) as err:
+        run_config.load_config(tmp_path / "c.yaml")
+    assert str(err.value).endswith(message), str(err.value)
 
 
 def test_run_cli_config_errors_are_one_line(tmp_path, capsys):

@@ -200,3 +200,23 @@ def test_next_round_table_is_repeatable():
         pseudo.next_round_table(train, pd.DataFrame({"id": ["a"]}), {"a": 1.0}, 1)
     with pytest.raises(EnsembleError, match="make folds first"):
         pseudo.next_round_table(train.drop(columns="fold"), test, {"x": 1.0, "y": 2.0}, 1)
+
+
+def test_blend_runs_keeps_na_and_null_ids_from_files(tmp_path):
+    """test_preds.csv written by inference, read back by the blend: ``NA``/``null`` are ids, not NaN (they
+    used to collapse into one duplicated NaN id)."""
+    from kaggle_utils.data.sources import test_table
+    from kaggle_utils.inference.files import PRED_FILE
+
+    y = _truth(60)
+    _write_run(tmp_path / "oof", "lite0", np.array([f"tr{i}" for i in range(60)]), y, _noisy(y, 0.4, 1))
+    test_ids = ["NA", "null", "nan", "00123", "None", "t5"]
+    pd.DataFrame({"id_code": test_ids}).to_csv(tmp_path / "test.csv", index=False)
+    test = test_table(tmp_path / "test.csv", tmp_path / "test_images")
+    preds_dir = tmp_path / "preds" / "lite0"
+    preds_dir.mkdir(parents=True)
+    pd.DataFrame({"id": test["id"], "pred": [0.1, 1.2, 2.1, 3.3, 3.9, 0.0]}).to_csv(preds_dir / PRED_FILE,
+                                                                                    index=False)
+    result = ensemble.blend_runs({"lite0": tmp_path / "oof" / "lite0"}, {"lite0": preds_dir}, test["id"], n_boot=5)
+    assert result.submission["id_code"].tolist() == test_ids
+    assert result.test["blend"].notna().all()

@@ -46,3 +46,14 @@ def test_atomic_write_uses_umask_permissions(tmp_path):
     os.umask(mask)
     p = io.write_text(tmp_path / "perm.txt", "x")
     assert (p.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_check_keys_suggests_the_nearest_key_and_lists_only_when_none_is_near():
+    known = ["batch_size", "epochs", "lr", "weight_decay"]
+    io.check_keys("fields", {"epochs": 1}, known)  # known keys pass
+    with pytest.raises(ValueError) as err:
+        io.check_keys("TrainConfig field(s)", {"epoch": 3, "bath_size": 8}, known)
+    assert str(err.value) == ("unknown TrainConfig field(s) 'bath_size' (did you mean 'batch_size'?), "
+                              "'epoch' (did you mean 'epochs'?)")
+    with pytest.raises(ValueError, match=r"'learning_rate'; known: \['batch_size', 'epochs', 'lr', 'weight_decay'\]"):
+        io.check_keys("fields", ["learning_rate"], known)

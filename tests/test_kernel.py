@@ -18,6 +18,7 @@ from kaggle_utils.kernel import bundle as kernel_bundle
 from kaggle_utils.kernel import image as kernel_image
 from kaggle_utils.kernel import layout
 from kaggle_utils.kernel import plan as kernel_plan
+from kaggle_utils.kernel import testset as kernel_testset
 from kaggle_utils.kernel import verify as kernel_verify
 from kaggle_utils.kernel import wheels as kernel_wheels
 from kaggle_utils.kernel.bundle import BundleSpec
@@ -83,7 +84,9 @@ def test_bundle_holds_exactly_what_the_kernel_needs(bundle, run_dir):
 
 def test_two_builds_from_the_same_inputs_are_identical(bundle, run_dir, tmp_path):
     out, _ = bundle
+    (tmp_path / "again" / "verify" / "venv").mkdir(parents=True)  # what --verify left in --out before
     again = kernel_bundle.build(BundleSpec([run_dir], tmp_path / "again", owner="tester"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["build_report.json", "dataset", "kernel"]
     first = (out / "dataset" / "manifest.json").read_bytes()
     assert (tmp_path / "again" / "dataset" / "manifest.json").read_bytes() == first
     assert again["bundle_sha256"] == json.loads(first)["bundle_sha256"]
@@ -150,15 +153,15 @@ def test_kernel_metadata_rules_catch_mistakes(bundle, change, problem):
 def test_notebook_installs_only_from_the_dataset(bundle):
     out, _ = bundle
     nb = json.loads((out / "kernel" / "kernel.ipynb").read_text())
-    first = nb["cells"][0]
-    assert first["cell_type"] == "code"
-    assert '"--no-index", "--find-links", f"{KAGGLE_INPUT}/{DATASET}/wheels"' in first["source"]
-    assert 'DATASET = "kaggle-utils-aptos-models"' in first["source"]
-    assert 'PACKAGES = ["kaggle_utils", "efficientnet-lite-pytorch"]' in first["source"]
-    params = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
-    assert len(params) == 1
-    assert 'models_dir = "/kaggle/input/kaggle-utils-aptos-models/models"' in params[0]["source"]
-    assert 'test_images = "/kaggle/input/aptos2019-blindness-detection/test_images"' in params[0]["source"]
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    params, install = code[0], code[1]  # papermill injects right after the parameters; then install, first thing
+    assert '"--no-index", "--find-links", f"{KAGGLE_INPUT}/{DATASET}/wheels"' in install["source"]
+    assert 'DATASET = "kaggle-utils-aptos-models"' in install["source"]
+    assert 'PACKAGES = ["kaggle_utils", "efficientnet-lite-pytorch"]' in install["source"]
+    assert not any("kaggle_utils import" in c["source"] for c in code[:2])
+    assert [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])] == [params]
+    assert 'models_dir = "/kaggle/input/kaggle-utils-aptos-models/models"' in params["source"]
+    assert 'test_images = "/kaggle/input/aptos2019-blindness-detection/test_images"' in params["source"]
     assert all(c.get("outputs", []) == [] for c in nb["cells"])
     # the repo's paired notebook is in sync with its jupytext source
     import jupytext
@@ -168,17 +171,97 @@ def test_notebook_installs_only_from_the_dataset(bundle):
     assert ["".join(c["source"]) for c in paired["cells"]] == [c.source for c in source.cells]
 
 
-def test_verify_runs_the_kernel_offline_in_a_fresh_venv(bundle):
+def _bundle_holds_only_the_upload(out: Path) -> None:
+    """dataset/ and kernel/ hold exactly the manifest's files; beside them only the two small reports."""
+    assert sorted(p.name for p in out.iterdir()) == ["build_report.json", "dataset", "kernel", "verify_report.json"]
+    manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    for part, listed in (("dataset", [*manifest["files"], "manifest.json"]), ("kernel", manifest["kernel_files"])):
+        on_disk = [p.relative_to(out / part).as_posix() for p in (out / part).rglob("*") if not p.is_dir()]
+        assert sorted(on_disk) == sorted(listed), part
+
+
+def test_verify_runs_the_kernel_offline_in_a_fresh_venv(bundle, capsys):
     out, _ = bundle
-    report = kernel_verify.verify(out, progress=False)
-    assert report.ok and report.network in ("unshare -n", "sitecustomize")
-    assert report.installed_from_bundle == ["efficientnet-lite-pytorch", "kaggle-utils"]
-    assert "torch" in report.linked and "kaggle-utils" not in report.linked
-    test = pd.read_csv(Path(report.root) / "kaggle" / "input" / layout.COMPETITION / "test.csv", dtype=str)
-    sub = pd.read_csv(report.submission, dtype={"id_code": str})
-    assert sub["id_code"].tolist() == test["id_code"].tolist() and len(sub) == report.n_images >= 3
-    assert sub["diagnosis"].between(0, 4).all()
-    assert (Path(report.root) / "kaggle" / "input" / "kaggle-utils-aptos-models" / "wheels").is_dir()
+    report = kernel_verify.verify(out, keep=True)
+    root = Path(report.root)
+    try:
+        assert report.ok and report.network in ("unshare -n", "sitecustomize")
+        assert report.installed_from_bundle == ["efficientnet-lite-pytorch", "kaggle-utils"]
+        assert "torch" in report.linked and "kaggle-utils" not in report.linked
+        test = pd.read_csv(root / "kaggle" / "input" / layout.COMPETITION / "test.csv", dtype=str)
+        sub = pd.read_csv(report.submission, dtype={"id_code": str})
+        assert sub["id_code"].tolist() == test["id_code"].tolist() and len(sub) == report.n_images >= 3
+        assert sub["diagnosis"].between(0, 4).all()
+        assert (root / "kaggle" / "input" / "kaggle-utils-aptos-models" / "wheels").is_dir()
+        assert out.resolve() not in root.resolve().parents  # the workspace is never inside the bundle
+        printed = capsys.readouterr().out
+        assert f"[verify] test set: {report.n_images} bundled sample images" in printed
+        assert "not the competition's test set: pass --data DIR" in printed and f"workspace kept: {root}" in printed
+        _bundle_holds_only_the_upload(out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _competition(folder: Path, sample_dir: Path, ids: list[str], missing: str = "") -> Path:
+    """A folder laid out like the competition: test.csv + test_images/<id>.png (``missing`` has no image)."""
+    import cv2
+
+    (folder / "test_images").mkdir(parents=True)
+    jpgs = sorted((sample_dir / "images").glob("*.jpg"))
+    for rid, jpg in zip(ids, jpgs, strict=False):
+        if rid != missing:
+            cv2.imwrite(str(folder / "test_images" / f"{rid}.png"), cv2.imread(str(jpg)))
+    (folder / "test.csv").write_text("id_code\n" + "".join(f"{i}\n" for i in ids))
+    return folder
+
+
+def test_verify_with_data_runs_on_the_competition_test_set_outside_the_bundle(bundle, run_dir, sample_dir,
+                                                                              tmp_path, capsys):
+    out, _ = bundle
+    ids = ["0a1b2c3d4e5f", "0012", "NA", "ffa47f6a7bf4"]
+    comp = _competition(tmp_path / "aptos2019-blindness-detection", sample_dir, ids, missing="ffa47f6a7bf4")
+    assert kernel_cli.main([str(run_dir), "--out", str(out), "--no-build", "--verify", "--data", str(comp)]) == 0
+    printed = capsys.readouterr().out
+    assert f"[verify] test set: all 4 test ids of the competition data {comp} (test.csv + test_images/)" in printed
+    assert "bundled sample" not in printed and "workspace removed" in printed
+    report = json.loads((out / layout.VERIFY_REPORT).read_text())
+    assert report["n_images"] == 4 and report["kept"] is False and str(comp) in report["test_set"]
+    assert not Path(report["root"]).exists()  # the temp workspace is gone after success
+    _bundle_holds_only_the_upload(out)
+
+
+def test_competition_test_set_is_linked_as_written_and_limited(sample_dir, tmp_path):
+    comp = _competition(tmp_path / "comp", sample_dir, ["0012", "NA", "abc"], missing="abc")
+    ids, line = kernel_testset.prepare_test_set(tmp_path / "all", comp, None)
+    assert ids == ["0012", "NA", "abc"] and line.startswith("all 3 test ids of the competition data")
+    assert (tmp_path / "all" / "test.csv").read_bytes() == (comp / "test.csv").read_bytes()
+    linked = sorted((tmp_path / "all" / "test_images").iterdir())
+    assert [p.name for p in linked] == ["0012.png", "NA.png"] and all(p.is_symlink() for p in linked)
+    ids, line = kernel_testset.prepare_test_set(tmp_path / "two", comp, None, limit=2)
+    assert ids == ["0012", "NA"] and line.startswith("the first 2 of 3 test ids")
+    assert (tmp_path / "two" / "test.csv").read_text() == "id_code\n0012\nNA\n"
+    ids, line = kernel_testset.prepare_test_set(tmp_path / "sample", None, None, n_images=2)
+    assert len(ids) == 2 and "bundled sample images" in line and "pass --data DIR" in line
+    with pytest.raises(VerifyError, match="not the competition folder"):
+        kernel_testset.prepare_test_set(tmp_path / "bad", tmp_path / "all" / "test_images", None)
+
+
+def test_test_set_options_are_checked_before_the_build(sample_dir, tmp_path, monkeypatch, capsys):
+    built = []
+    monkeypatch.setattr(kernel_cli, "build", built.append)
+    comp = _competition(tmp_path / "comp", sample_dir, ["a1"])
+    for argv, says in [(["--data", str(comp)], "add --verify"),
+                       (["--verify", "--verify-limit", "3"], "add --data DIR"),
+                       (["--verify", "--data", str(comp), "--verify-images", str(comp)], "not allowed with"),
+                       (["--verify", "--verify-limit", "0", "--data", str(comp)], "not a positive whole number")]:
+        with pytest.raises(SystemExit) as exit_:
+            kernel_cli.main(["run", "--owner", "me", *argv])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    assert kernel_cli.main(["run", "--owner", "me", "--verify", "--data", str(tmp_path)]) == 2
+    assert "is not the competition folder (it lacks test.csv and test_images)" in capsys.readouterr().err
+    assert kernel_cli.main(["run", "--owner", "me", "--verify", "--verify-images", str(comp)]) == 2
+    assert f"pass it as --data {comp}" in capsys.readouterr().err
+    assert built == []
 
 
 def test_verify_names_a_missing_wheel(bundle, tmp_path):
@@ -195,6 +278,10 @@ def test_verify_names_a_missing_wheel(bundle, tmp_path):
     with pytest.raises(VerifyError, match="wheel for efficientnet-lite-pytorch is missing from the bundle") as err:
         kernel_verify.verify(broken, progress=False)
     assert err.value.step == "kernel run"
+    kept = Path(str(err.value).rsplit("verify workspace kept for inspection: ", 1)[1].rstrip(")"))
+    assert (kept / "kernel.out.ipynb").is_file()  # a failed verify keeps its workspace, outside the bundle
+    assert sorted(p.name for p in broken.iterdir()) == ["dataset", "kernel"]
+    shutil.rmtree(kept)
 
 
 def test_socket_guard_blocks_the_network_but_not_loopback(tmp_path):
@@ -284,3 +371,59 @@ def test_plan_measures_scales_and_warns(run_dir, sample_dir, capsys):
     assert kernel_cli.main([str(run_dir), "--no-build", "--plan", "--images", "1000",
                         "--plan-images", str(sample_dir / "images")]) == 0
     assert "Kernel run-time plan: 1,000 test images" in capsys.readouterr().out
+
+
+def _fake_run(folder: Path) -> Path:
+    (folder / "fold0").mkdir(parents=True)
+    (folder / "fold0" / "best.pt").write_bytes(b"x")
+    return folder
+
+
+def test_the_runs_lookup_never_offers_a_folder_inside_a_bundle(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_run(tmp_path / "outputs" / "kernel_bundle" / "dataset" / "models" / "lite0")
+    (tmp_path / "outputs" / "kernel_bundle" / "dataset" / "dataset-metadata.json").write_text("{}")
+    _fake_run(tmp_path / "outputs" / "copied" / "models" / "b0")  # known as a bundle by its build report alone
+    (tmp_path / "outputs" / "copied" / layout.REPORT).write_text("{}")
+    runs, msg = kernel_cli.latest_chain_runs()
+    assert runs == [] and "none found under outputs/" in msg and "kernel_bundle" not in msg
+    _fake_run(tmp_path / "outputs" / "mine" / "lite0")
+    runs, msg = kernel_cli.latest_chain_runs()
+    assert runs == [] and "run folders found:\n  outputs/mine/lite0\nname the ones" in msg
+    assert layout.inside_bundle(Path("outputs/copied/models/b0"), Path("outputs"))
+    assert not layout.inside_bundle(Path("outputs/mine/lite0"), Path("outputs"))
+
+
+def test_build_refuses_run_folders_inside_the_bundle_it_would_empty(tmp_path):
+    out = tmp_path / "kernel_bundle"
+    run = _fake_run(out / "dataset" / "models" / "lite0")
+    with pytest.raises(BundleError, match="lie inside --out .* which the build empties first"):
+        kernel_bundle.build(BundleSpec([run], out, owner="me"), progress=False)
+    assert (run / "fold0" / "best.pt").is_file()
+
+
+def _run_code_cells(nb: dict, out_dir: Path) -> None:
+    """Run a notebook's code cells as papermill does: its values injected right after the parameters cell."""
+    scope: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(cell["source"], scope)  # noqa: S102 - our own notebook
+            if "parameters" in cell["metadata"].get("tags", []):
+                exec(f"out_dir = {str(out_dir)!r}", scope)  # noqa: S102
+
+
+def test_a_failed_kernel_run_leaves_no_older_submission(tmp_path, monkeypatch):
+    """Stopped by the first failure it can meet (the offline install), an interrupt being no later: the
+    earlier run's submission.csv is gone; the new one is only ever written whole (a temp file renamed)."""
+    monkeypatch.setenv(layout.INPUT_ENV, str(tmp_path / "input"))
+    stale = tmp_path / "working" / "submission.csv"
+    stale.parent.mkdir()
+    stale.write_text("id_code,diagnosis\nold,2\n")
+    nb = json.loads(kernel_bundle.render_notebook({"DATASET": "nothing-here", "PACKAGES": ["no-such-package-x"]},
+                                                  {"models_dir": str(tmp_path / "models")}))
+    with pytest.raises(RuntimeError, match="offline install failed"):
+        _run_code_cells(nb, stale.parent)
+    assert not stale.exists()
+    last = [c["source"] for c in nb["cells"] if "submission.csv" in c["source"]][-1]
+    assert 'ensemble.write_submission(result.submission, Path(out_dir) / "submission.csv")' in last
+    assert ".to_csv(" not in last  # write_submission goes through io.write_csv: temp file + rename

@@ -390,8 +390,10 @@ def test_config_round_trip_and_validation() -> None:
     cfg = preprocess.PreprocessConfig(size=384, ben_graham=True, ben_sigma=10.0, circle=True, framing=0.9)
     assert preprocess.PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     assert preprocess.PreprocessConfig.from_dict({"size": 300}).size == 300
-    with pytest.raises(ValueError, match="unknown PreprocessConfig keys"):
+    with pytest.raises(ValueError, match="unknown PreprocessConfig keys 'sharpen'; known: .*'size'"):
         preprocess.PreprocessConfig.from_dict({"size": 300, "sharpen": True})
+    with pytest.raises(ValueError, match=r"unknown PreprocessConfig keys 'ben_sigm' \(did you mean 'ben_sigma'\?\)$"):
+        preprocess.PreprocessConfig.from_dict({"size": 300, "ben_sigm": 10})
     with pytest.raises(ValueError, match="resize_mode"):
         preprocess.PreprocessConfig(resize_mode="zoom")
     with pytest.raises(ValueError, match="size"):

@@ -1,11 +1,15 @@
-"""The README's commands, run as written on a small real sample in the competition's layout, so the README
-cannot drift. Every shell command in the README is either run here or named in COVERED_ELSEWHERE (with where
-it runs); a new command that is neither fails the first test.
+"""The README's and docs/'s commands, run as written on a small real sample in the competition's layout, so
+they cannot drift. Every shell command in README.md and docs/*.md is either run here or named in
+COVERED_ELSEWHERE (with where it runs); a new command that is neither fails the first test. Also: the quick
+start stays on the README's first screen, the docs index and links resolve, inline `make` targets and repo
+paths exist.
 
-What the walk changes, and only that: ``DATA=`` points at the sample instead of ``/kaggle/input``, and training
-gets SPEED (1 epoch of 2 steps at 64 px) so the walk takes a minute, not hours.
+What the walk changes, and only that: ``DATA=`` points at the sample instead of ``/kaggle/input``, training
+gets SPEED (1 epoch of 2 steps at 64 px) and the fold loops run WALK_FOLDS of the 5, so the walk takes a
+minute or two, not hours.
 """
 
+import json
 import os
 import re
 import shutil
@@ -20,24 +24,35 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = REPO / "docs"
+MARKDOWN = [README, *sorted(DOCS.glob("*.md"))]
 KAGGLE_INPUT = "/kaggle/input/aptos2019-blindness-detection"
+FIRST_SCREEN = 60  # lines from the top of README.md to the quick start's first command
 SPEED_TRAIN_PM = " -p epochs 1 -p max_steps_per_epoch 2 -p size 64 -p batch_size 4 -p num_workers 0"
 SPEED_TRAIN_CLI = (" --set epochs=1 --set max_steps_per_epoch=2 --set size=64 --set batch_size=4"
                    " --set num_workers=0")
 SPEED_PY = {"epochs=8))": "epochs=1, max_steps_per_epoch=2, size=64, batch_size=4, num_workers=0))"}
+WALK_FOLDS = (0, 1)  # the README's loops train every fold; the walk trains these two
+FOLD_LOOP = re.compile(r"^for fold in ([\d ]+); do$")
 
 # command prefix -> where it runs instead of here
 COVERED_ELSEWHERE = {
     "make demo": "the demo itself",
     "make test": "CI",
     "python -m kaggle_utils.run configs/demo.yaml": "make demo (with --budget-hours / --overwrite: run.main flags)",
+    "python -m kaggle_utils.run configs/kaggle_quickstart.yaml": "its --plan runs here (the config is valid); the "
+                                                                 "full chain is make demo's and tests/test_run.py's",
     "python build_kernel.py outputs/demo/runs/lite0": "make kernel (tests/test_kernel.py builds and verifies)",
     "cd outputs/kernel_bundle && kaggle": "Kaggle's own CLI, needs credentials and the network",
 }
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _blocks(lang: str, paths: list[Path] = MARKDOWN) -> list[str]:
+    return [b for p in paths for b in re.findall(rf"```{lang}\n(.*?)```", _text(p), flags=re.S)]
 
 
 def _commands(block: str) -> list[str]:
@@ -51,20 +66,93 @@ def _commands(block: str) -> list[str]:
     return out
 
 
-def _quickstart_blocks() -> tuple[str, str]:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Kaggle quick start"):text.index("## Kaggle submission bundle")]
-    config, by_hand = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    return config, by_hand
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
 
 
-def test_every_readme_command_is_run_somewhere():
-    config, by_hand = _quickstart_blocks()
-    here = set(_commands(config) + _commands(by_hand))
+def _quickstart_blocks() -> tuple[str, str, str]:
+    """The config route, the by-hand route and its fold loop without papermill."""
+    config, by_hand, by_file = re.findall(r"```bash\n(.*?)```", _section(_text(README), "## Kaggle quick start"),
+                                          flags=re.S)
+    return config, by_hand, by_file
+
+
+def _walk(cmds: list[str], speed: str, trains: str) -> list[str]:
+    """The commands as the walk runs them: SPEED on every training line, WALK_FOLDS in every fold loop."""
+    out = []
+    for c in cmds:
+        loop = FOLD_LOOP.match(c)
+        if loop:
+            assert [int(f) for f in loop.group(1).split()] == [0, 1, 2, 3, 4], f"{c!r}: not every fold of 5"
+            c = f"for fold in {' '.join(map(str, WALK_FOLDS))}; do"
+        elif c.startswith(trains):
+            c += speed
+        out.append(c)
+    return out
+
+
+def test_every_readme_and_docs_command_is_run_somewhere():
+    config, by_hand, by_file = _quickstart_blocks()
+    here = {_commands(config)[0], *_commands(by_hand), *_commands(by_file)}  # what the tests below run
     stray = [c for block in _blocks("bash") for c in _commands(block)
              if c not in here and not any(c.startswith(p) for p in COVERED_ELSEWHERE)]
-    assert not stray, f"README commands no test runs: {stray}; run them in tests/test_readme.py or name them"
-    assert len(_blocks("python")) == 1  # the "Using it" snippet, run below
+    assert not stray, f"README/docs commands no test runs: {stray}; run them in tests/test_readme.py or name them"
+    assert len(_blocks("python")) == 1  # docs/architecture.md's Python API snippet, run below
+
+
+def test_quick_start_is_on_the_first_screen():
+    """What it is, the two commands and the quick start's first command within FIRST_SCREEN lines."""
+    lines = _text(README).splitlines()
+    quick = lines.index("## Kaggle quick start")
+    fence = next(i for i in range(quick, len(lines)) if lines[i] == "```bash")
+    first = next(i for i in range(fence + 1, len(lines)) if lines[i].strip() and not lines[i].startswith("#"))
+    assert lines[first].startswith("python -m kaggle_utils.run") and first + 1 <= FIRST_SCREEN, \
+        f"README.md:{first + 1}: the quick start's first command must be within {FIRST_SCREEN} lines of the top"
+    assert lines.index("## Two commands") < quick and "make demo" in "\n".join(lines[:quick])
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_docs_index_and_links_resolve():
+    index = _section(_text(README), "## More")
+    assert DOCS.is_dir() and len(MARKDOWN) > 1
+    unlisted = [p.name for p in MARKDOWN[1:] if f"](docs/{p.name})" not in index]
+    assert not unlisted, f"docs pages missing from the README's index (## More): {unlisted}"
+    broken = []
+    for page in MARKDOWN:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _text(page)):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and dest.suffix == ".md":
+                heads = {_anchor(h) for h in re.findall(r"^#+ (.+)$", _text(dest), flags=re.M)}
+                if anchor not in heads:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, f"links that lead nowhere: {broken}"
+
+
+def test_inline_make_targets_and_repo_paths_exist():
+    """`make X` in the prose names a Makefile target; `configs/...`, `bench/...` and the like are real files."""
+    targets = set(re.findall(r"^([\w-]+):", _text(REPO / "Makefile"), flags=re.M))
+    missing = []
+    for page in MARKDOWN:
+        for code in re.findall(r"`([^`\n]+)`", _text(page)):
+            words = code.split()
+            named = [w for w in words[1:] if "=" not in w and w != "..."] if words[0] == "make" else []
+            if named and named[0] not in targets:  # `make PYTHON=python3.11 ...` names none
+                missing.append(f"{page.name}: {code}")
+            path = re.fullmatch(r"((?:configs|bench|tests|notebooks|weights|wheels|docs|data/sample)/[\w./-]+)", code)
+            if path and not (REPO / path.group(1)).exists():
+                missing.append(f"{page.name}: {code}")
+    assert not missing, f"named in the README/docs but not in the repo: {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +213,7 @@ def test_python_snippet_runs_as_a_script(competition_layout):
 @pytest.mark.slow
 def test_quick_start_config_route_checks_and_plans(competition_layout, tmp_path):
     data, work, _ = competition_layout
-    config, _ = _quickstart_blocks()
+    config, _, _ = _quickstart_blocks()
     cfg = yaml.safe_load((REPO / "configs" / "kaggle_quickstart.yaml").read_text())
     text = (REPO / "configs" / "kaggle_quickstart.yaml").read_text().replace(KAGGLE_INPUT, str(data))
     text = text.replace(cfg["workdir"], str(tmp_path / "aptos"))
@@ -141,26 +229,34 @@ def test_quick_start_config_route_checks_and_plans(competition_layout, tmp_path)
 
 @pytest.mark.slow
 def test_quick_start_by_hand_route_runs_as_written(competition_layout):
+    """Every step by hand, training through the notebook; then the same folds from the fold file, which must
+    find them finished: the notebook's parameters and configs/fold_example.yaml are the same TrainConfig."""
     data, work, test_ids = competition_layout
-    _, by_hand = _quickstart_blocks()
-    cmds = _commands(by_hand)
+    _, by_hand, by_file = _quickstart_blocks()
+    cmds = _walk(_commands(by_hand), SPEED_TRAIN_PM, "papermill notebooks/train.ipynb")
     assert cmds[0] == f"DATA={KAGGLE_INPUT}"
     cmds[0] = f"DATA={data}"
-    for k, c in enumerate(cmds):
-        if c.startswith("papermill notebooks/train.ipynb"):
-            cmds[k] = c + SPEED_TRAIN_PM
-        elif c.startswith("python -m kaggle_utils.training"):
-            cmds[k] = c + SPEED_TRAIN_CLI
-        elif c.startswith("papermill notebooks/blend.ipynb"):
-            cmds[k] = c + " -p gradcam_per_grade 0"
+    assert any(c.startswith("for fold in") for c in cmds), "the by-hand route trains every fold in a loop"
+    cmds = [c + " -p gradcam_per_grade 0" if c.startswith("papermill notebooks/blend.ipynb") else c for c in cmds]
     done = _sh("\n".join(cmds), work)
     out = work / "outputs" / "aptos"
     assert "Passed unknown parameter" not in done.stderr and "IProgress not found" not in done.stderr
     folds = pd.read_csv(out / "cache256" / "folds.csv", dtype={"id": str})
     assert len(folds) == 20 and folds["fold"].nunique() == 5
-    for fold in (0, 1):
-        assert (out / "runs" / "lite0" / f"fold{fold}" / "best.pt").is_file()
+    runs = out / "runs" / "lite0"
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [f"fold{f}" for f in WALK_FOLDS]
     sub = pd.read_csv(out / "blend" / "submission.csv", dtype={"id_code": str})
     assert sub["id_code"].tolist() == test_ids and sub["diagnosis"].between(0, 4).all()
     assert pd.read_csv(out / "preds" / "failed_images.csv").empty
     assert (out / "kernel_bundle" / "dataset" / "manifest.json").is_file()
+
+    trained = {f: {n: (runs / f"fold{f}" / n).stat().st_mtime_ns for n in ("best.pt", "last.pt")} for f in WALK_FOLDS}
+    again = _sh("\n".join(_walk(_commands(by_file), SPEED_TRAIN_CLI, "python -m kaggle_utils.training")), work)
+    results, text = [], again.stdout.strip()
+    while text:
+        result, end = json.JSONDecoder().raw_decode(text)
+        results.append(result)
+        text = text[end:].strip()
+    assert [(r["status"], r["resumed"]) for r in results] == [("completed", True)] * len(WALK_FOLDS), results
+    assert {f: {n: (runs / f"fold{f}" / n).stat().st_mtime_ns for n in ("best.pt", "last.pt")}
+            for f in WALK_FOLDS} == trained  # nothing retrained, nothing rewritten

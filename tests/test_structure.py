@@ -1,14 +1,14 @@
 """The package's shape: imports point one way, no import circle, stages light where they promise to be,
-modules small, old module paths still resolve (for one release)."""
+modules small, nothing at the top but the floor and the stages, no module that only re-exports another."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -41,8 +41,11 @@ def _modules() -> dict[str, Path]:
 
 
 MODULES = _modules()
-ALIASES = {name for name, path in MODULES.items() if "Old path of" in (ast.get_docstring(ast.parse(path.read_text()))
-                                                                     or "")}
+FLOOR = {"__init__.py", "_exports.py", "io.py", "metrics.py"}  # the package top besides the stage packages
+EXPORT_TABLES = {"_EXPORTS", "__all__", "__getattr__", "__dir__"}  # names that re-export rather than define
+# The flat module paths removed with the move into stage packages: nothing may bring them back.
+OLD_PATHS = ["assemble", "augment", "cache", "ensemble", "folds", "infer", "kernel_plan", "kernel_verify", "losses",
+             "preprocess", "run_plan", "shift", "sources", "train", "weights"]
 
 
 def _lazy_table(tree: ast.Module) -> set[str]:
@@ -120,13 +123,8 @@ def test_no_import_circle():
 
 
 def test_imports_point_down_the_layers():
-    up = [f"{a} -> {b}" for a, deps in GRAPH.items() if a not in ALIASES for b in deps if _layer(b) > _layer(a)]
+    up = [f"{a} -> {b}" for a, deps in GRAPH.items() for b in deps if _layer(b) > _layer(a)]
     assert not up, "imports that point up (or sideways) the layers:\n" + "\n".join(up)
-
-
-def test_nothing_in_the_package_imports_an_old_alias_path():
-    users = [f"{a} -> {b}" for a, deps in GRAPH.items() if a not in ALIASES for b in deps if b in ALIASES]
-    assert not users, users
 
 
 def test_modules_stay_small_or_say_why():
@@ -161,21 +159,8 @@ def test_every_package_export_resolves_to_its_module(package):
         assert not (PKG / package / f"{name}.py").exists(), f"{name} would shadow the submodule"
 
 
-@pytest.mark.parametrize("alias", sorted(ALIASES))
-def test_old_module_paths_resolve_with_a_deprecation_warning(alias):
-    sys.modules.pop(alias, None)
-    with pytest.warns(DeprecationWarning, match=f"{alias} moved into"):
-        old = importlib.import_module(alias)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for name, module in old._EXPORTS.items():
-            assert getattr(old, name) is getattr(importlib.import_module(module), name), f"{alias}.{name}"
-    with pytest.raises(AttributeError):
-        old.no_such_name  # noqa: B018
-
-
-def test_old_names_people_used_still_import():
-    """The README before the move and the notebooks' old imports: same objects as at the new homes."""
+def test_package_exports_are_the_defining_objects():
+    """The package-level names the docs and notebooks import: the same objects as in their defining modules."""
     from kaggle_utils.data import FundusDataset
     from kaggle_utils.data.dataset import FundusDataset as new_dataset
     from kaggle_utils.kernel import BundleError, BundleSpec, build
@@ -190,29 +175,56 @@ def test_old_names_people_used_still_import():
 
     assert (FundusDataset, BundleSpec, build, BundleError, write_report, run_chain, load_config) == (
         new_dataset, new_spec, new_build, new_error, new_report, new_chain, new_load)
-    with pytest.warns(DeprecationWarning):
-        sys.modules.pop("kaggle_utils.train", None)
-        from kaggle_utils.train import TrainConfig, train_fold
-    from kaggle_utils.training import TrainConfig as new_cfg
-    from kaggle_utils.training import train_fold as new_fold
-    assert (TrainConfig, train_fold) == (new_cfg, new_fold)
 
 
-@pytest.mark.parametrize("old,new", [("kaggle_utils.preprocess", "kaggle_utils.data"),
-                                     ("kaggle_utils.train", "kaggle_utils.training"),
-                                     ("kaggle_utils.weights", "kaggle_utils.models")])
-def test_old_commands_still_run(old, new):
-    def usage(module: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.split("\n\n", 1)[1]  # the options, without the prog line
+def test_the_package_top_holds_only_the_floor_and_the_stages():
+    stages = {next(iter(layer)).split(".")[1] for layer in LAYERS[1:]}
+    top = {p.name for p in PKG.iterdir() if p.name != "__pycache__"}
+    assert top == FLOOR | stages, f"unexpected at the package top: {sorted(top - FLOOR - stages)}"
+    assert all(importlib.util.find_spec(f"{ROOT}.{old}") is None for old in OLD_PATHS)
 
-    assert usage(old) == usage(new)
+
+def _own_names(tree: ast.Module) -> list[str]:
+    """What a module defines itself: functions, classes and constants (not export tables, not another
+    module's objects bound to a new name)."""
+    own = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            own.append(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None \
+                and not isinstance(node.value, ast.Name | ast.Attribute):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            own += [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name) and n.id not in EXPORT_TABLES]
+    return own
+
+
+def test_own_names_tell_a_module_from_a_re_export():
+    alias = 'from m import moved\n_EXPORTS: dict = {"a": "m.a"}\n__getattr__, __dir__ = moved("x", _EXPORTS, {})\n'
+    assert _own_names(ast.parse(alias)) == []
+    assert _own_names(ast.parse("from m import f\nX = 3\nY = m.Z\n")) == ["X"]
+    assert _own_names(ast.parse("def f(): pass\nclass C: pass\n")) == ["f", "C"]
+
+
+def test_no_module_only_re_exports_another():
+    """Every module but a package's ``__init__`` defines something of its own: no alias modules, no shims."""
+    hollow = [name for name, path in MODULES.items()
+              if path.name != "__init__.py" and not _own_names(ast.parse(path.read_text()))]
+    assert not hollow, f"modules that only re-export: {hollow}"
+
+
+def test_csv_files_are_read_through_io_read_csv():
+    """``io.read_csv`` keeps ids as text (``NA``, ``null``, ``00123``); pandas' own reader would not."""
+    direct = [f"{name}:{node.lineno}" for name, path in MODULES.items() if name != f"{ROOT}.io"
+              for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.Attribute) and node.attr in ("read_csv", "read_table")
+              and isinstance(node.value, ast.Name) and node.value.id in ("pd", "pandas")]
+    assert not direct, f"pandas.read_csv called directly (use kaggle_utils.io.read_csv): {direct}"
 
 
 def _readme_layout() -> dict[str, str]:
-    """The README's package map: subpackage -> its description (continuation lines joined)."""
-    text = (PKG.parents[1] / "README.md").read_text(encoding="utf-8")
+    """The documented package map (docs/architecture.md): subpackage -> its description (continuation lines
+    joined)."""
+    text = (PKG.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
     block = text[text.index("src/kaggle_utils/ the package"):text.index("\nconfigs/ ")]
     groups: dict[str, str] = {}
     current = None
@@ -240,6 +252,6 @@ def test_readme_layout_matches_the_tree():
     for package in packages:
         words = set(re.findall(r"[a-z_]+", layout[package]))
         missing = [p.stem for p in (PKG / package).glob("*.py") if not p.stem.startswith("__") and p.stem not in words]
-        assert not missing, f"README layout of {package}/ does not name {missing}"
-    top = [p.name for p in PKG.glob("*.py") if f"{ROOT}.{p.stem}" not in ALIASES and not p.stem.startswith("_")]
+        assert not missing, f"docs/architecture.md layout of {package}/ does not name {missing}"
+    top = [p.name for p in PKG.glob("*.py") if not p.stem.startswith("_")]
     assert all(name in layout[""] for name in top), top

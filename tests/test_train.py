@@ -233,6 +233,10 @@ def test_config_roundtrip_and_validation(tmp_path):
     assert TrainConfig.from_file(tmp_path / "c.yaml").epochs == 2
     with pytest.raises(ValueError, match="unknown TrainConfig field.*'epoch'"):
         TrainConfig.from_dict({"epoch": 3})
+    (tmp_path / "typo.yaml").write_text("epoch: 2\nwieght_decay: 0.1\n")
+    with pytest.raises(ValueError, match=r"'epoch' \(did you mean 'epochs'\?\), 'wieght_decay' \(did you mean "
+                                         r"'weight_decay'\?\)$"):  # a typo gets its key, not forty names
+        TrainConfig.from_file(tmp_path / "typo.yaml")
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="sgd").validate()
     assert "deadline" not in cfg.result_fields() and "lr" in cfg.result_fields()

@@ -8,7 +8,6 @@ and a name is imported on first use. The table is a plain dict literal so the im
 from __future__ import annotations
 
 import importlib
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +29,3 @@ def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any
 
     return __getattr__, __dir__
 
-
-def moved(old: str, exports: dict[str, str], namespace: dict[str, Any]
-          ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """An old module path kept as an alias for one release: warns once on import, resolves names lazily."""
-    homes = sorted({m.rsplit(".", 1)[0] for m in exports.values()})
-    warnings.warn(f"{old} moved into {', '.join(homes)}; this alias goes in the next release",
-                  DeprecationWarning, stacklevel=3)
-    return lazy_exports(old, exports, namespace)

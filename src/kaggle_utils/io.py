@@ -1,21 +1,31 @@
-"""Atomic artifact writes and Kaggle/local path resolution.
+"""Atomic artifact writes, CSVs read back with ids as text, config keys checked, Kaggle/local paths.
 
 Every artifact the pipeline writes goes through :func:`atomic_write`, so a run killed at any moment leaves
-either the old file or the new one, never half of one. No torch here: this is the bottom floor.
+either the old file or the new one, never half of one; every CSV with ids is read back through
+:func:`read_csv`, so an id like ``NA`` or ``00123`` means the same in every stage. No torch here: this is the
+bottom floor (pandas is imported only by the functions that need it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 T = TypeVar("T")
+
+# Columns that name things (images, files, sources, reasons): text exactly as written, never a number or NaN.
+TEXT_COLUMNS = frozenset({"id", "id_code", "image", "path", "cache_path", "source", "dataset", "patient",
+                          "image_hash", "status", "reason", "model"})
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
@@ -78,6 +88,35 @@ def write_csv(path: str | os.PathLike, df: Any, **kwargs: Any) -> Path:
     return Path(path)
 
 
+def read_csv(path: str | os.PathLike, text: Iterable[str] | None = TEXT_COLUMNS, **kwargs: Any
+             ) -> pd.DataFrame:
+    """``pandas.read_csv`` with the ``text`` columns (``None``: all) as str exactly as written.
+
+    pandas' default NA parsing turns the ids ``NA``, ``null`` or ``nan`` into NaN and ``00123`` into 123, so
+    one stage would know an image by a name the next cannot find. In text columns only an empty field is
+    missing; the other columns (grades, predictions) parse as pandas does by default. ``kwargs`` go to pandas
+    (a ``dtype`` dict is merged with the text columns').
+    """
+    import pandas as pd
+
+    if text is None:
+        return pd.read_csv(path, **({"dtype": str, "keep_default_na": False, "na_values": [""]} | kwargs))
+    return pd.read_csv(path, **(kwargs | _text_options(path, set(text), kwargs)))
+
+
+def _text_options(path: str | os.PathLike, text: set[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """NA parsing off in the ``text`` columns only. pandas takes NA strings per column just when it is given
+    every column's list, so the header is read first and the other columns get pandas' defaults."""
+    import pandas as pd
+    from pandas._libs.parsers import STR_NA_VALUES  # pandas' default NA strings (no public name for them)
+
+    columns = pd.read_csv(path, nrows=0, **{k: v for k, v in kwargs.items() if k not in ("dtype", "nrows")}).columns
+    default_na = sorted(STR_NA_VALUES)
+    return {"dtype": {c: str for c in columns if c in text} | dict(kwargs.get("dtype") or {}),
+            "keep_default_na": kwargs.get("keep_default_na", False),
+            "na_values": kwargs.get("na_values", {c: [""] if c in text else default_na for c in columns})}
+
+
 def write_figure(path: str | os.PathLike, fig: Any, **kwargs: Any) -> Path:
     """Save a matplotlib figure atomically; the format follows the file suffix."""
     path = Path(path)
@@ -113,11 +152,22 @@ def working_root(default: str | os.PathLike = "outputs") -> Path:
     return KAGGLE_WORKING if on_kaggle() else Path(default)
 
 
+def check_keys(what: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError for keys of ``given`` not in ``known``: a misspelt setting is an error, never silently
+    ignored. Each gets its nearest known key (``did you mean 'epochs'?``); the whole known list is shown only
+    when some key has none, so a typo costs one short line, not forty names."""
+    names = sorted(set(known))
+    unknown = sorted(set(given) - set(names))
+    if not unknown:
+        return
+    close = {key: difflib.get_close_matches(key, names, n=1, cutoff=0.75) for key in unknown}  # typos, not kin
+    listed = ", ".join(f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for key, hint in close.items())
+    rest = "" if all(close.values()) else f"; known: {names}"
+    raise ValueError(f"unknown {what} {listed}{rest}")
+
+
 def dataclass_from_dict(cls: type[T], data: dict[str, Any], noun: str = "keys") -> T:
     """``cls(**data)`` for a config read back from JSON/YAML: missing keys take defaults, but a misspelt one
-    is an error naming every known key, never silently ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} {noun} {unknown}; known: {sorted(names)}")
+    is an error (see :func:`check_keys`)."""
+    check_keys(f"{cls.__name__} {noun}", data, (f.name for f in dataclasses.fields(cls)))  # type: ignore[arg-type]
     return cls(**data)

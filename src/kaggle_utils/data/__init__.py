@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     ], "kaggle_utils.data.preprocess"),
     **dict.fromkeys([
         "load_aptos", "load_eyepacs", "load_idrid", "load_messidor", "load_generic", "load_source",
-        "combine", "test_table",
+        "combine", "test_table", "extension_mismatch",
     ], "kaggle_utils.data.sources"),
     **dict.fromkeys([
         "register_transforms", "build_transform", "CropRetina", "StandardiseFraming", "ResizeSquare",

@@ -20,14 +20,13 @@ def _load_table(args: argparse.Namespace) -> tuple[Any, Any]:
     """(table, rows the source reader dropped with reasons, or None)."""
     import warnings
 
-    import pandas as pd
-
+    from kaggle_utils import io
     from kaggle_utils.data import labels, sources
 
     if args.table:
         if not Path(args.table).is_file():
             raise SystemExit(f"error: --table {args.table} not found")
-        table = pd.read_csv(args.table, dtype=str, keep_default_na=False, na_values=[""])
+        table = io.read_csv(args.table, text=None)
         missing = {"id", "path"} - set(table.columns)
         if missing:
             raise SystemExit(

@@ -103,10 +103,7 @@ def parse_sources(data: dict[str, Any]) -> list[SourceSpec]:
             raise ValueError(f"data: {extra} next to 'sources'; put them inside a source")
         specs = [SourceSpec.from_dict(dict(s)) for s in data["sources"]]
     else:
-        allowed = {"source", "csv", "images", "holdout", "ext", "rows"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"data: unknown key(s) {unknown}; known: {sorted(allowed)} or a 'sources' list")
+        io.check_keys("data key(s)", data, {"source", "csv", "images", "holdout", "ext", "rows", "sources"})
         missing = [k for k in ("csv", "images") if k not in data]
         if missing:
             raise ValueError(f"data: missing {missing}")

@@ -31,7 +31,7 @@ from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
 from kaggle_utils.data.decode import ImageReadError
 from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_image
-from kaggle_utils.io import read_json, sweep_temp_files, write_bytes, write_csv, write_json
+from kaggle_utils.io import read_csv, read_json, sweep_temp_files, write_bytes, write_csv, write_json
 
 __all__ = [
     "CacheError",
@@ -221,7 +221,7 @@ def _check_config(out: Path, cfg: PreprocessConfig, force: bool) -> None:
 
 
 def _read_manifest(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"id": str, "cache_path": str, "reason": str, "path": str, "status": str})
+    df = read_csv(path)
     df["reason"] = df["reason"].fillna("")
     df["cache_path"] = df["cache_path"].fillna("")
     if "grade" in df.columns:

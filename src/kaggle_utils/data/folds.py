@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.std import tqdm  # not tqdm.auto: "IProgress not found" in kernels
 
-from kaggle_utils.io import write_csv
+from kaggle_utils.io import TEXT_COLUMNS, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -371,8 +371,7 @@ def read_folds(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"folds file not found: {path}; build it with make_folds + write_folds")
-    text_cols = {c: str for c in ("id", "path", "source", HASH_COLUMN, "patient")}
-    df = pd.read_csv(path, dtype=text_cols)
+    df = read_csv(path, text=TEXT_COLUMNS | {HASH_COLUMN})
     missing = [c for c in ("id", "fold") if c not in df.columns]
     if missing:
         raise ValueError(f"{path} is not a folds file: missing column(s) {missing}")

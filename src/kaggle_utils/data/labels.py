@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from kaggle_utils import io
+
 CORE_COLUMNS = ("id", "path", "grade", "source")
 REPORT_COLUMNS = ("source", "row", "id", "kind", "reason")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -167,9 +169,8 @@ def read_label_csv(
     path = Path(csv).expanduser()
     if not path.is_file():
         raise SourceError(f"label file not found: {path}")
-    dtype: Any = str if str_cols is None else {c: str for c in str_cols}
     try:
-        df = pd.read_csv(path, dtype=dtype, skipinitialspace=True, keep_default_na=False, na_values=[""])
+        df = io.read_csv(path, text=str_cols, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise SourceError(f"{path}: cannot parse CSV ({e})") from e
     df.columns = [str(c).strip() for c in df.columns]

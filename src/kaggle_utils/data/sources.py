@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from kaggle_utils import io
 from kaggle_utils.data.labels import (
     CORE_COLUMNS,
     MAX_LISTED,
@@ -234,7 +235,7 @@ def test_table(test_csv: str | os.PathLike, test_images: str | os.PathLike | Non
     if not path.is_file():
         raise SourceError(f"test CSV not found: {path}")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        df = io.read_csv(path, text=None, na_filter=False)
     except pd.errors.EmptyDataError:
         raise SourceError(f"{path} is empty (not even a header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -263,5 +264,29 @@ def test_table(test_csv: str | os.PathLike, test_images: str | os.PathLike | Non
         raise SourceError(f"{path} lists no test images (only a header row); nothing to predict or submit")
     if test_images is None:
         return df.assign(id=ids).reset_index(drop=True)
+    wrong = extension_mismatch(ids, test_images, ext)
+    if wrong:
+        raise SourceError(wrong)
     return pd.DataFrame({"id": ids, "path": [str(Path(test_images) / f"{i}{ext}") for i in ids]},
                         dtype=object)
+
+
+def extension_mismatch(ids: Iterable[str], test_images: str | os.PathLike, ext: str) -> str | None:
+    """A message when no test id has an ``ext`` file in ``test_images`` but some have a file with another
+    extension (a config saying ``.png`` over ``.jpeg`` images): without it every image would "fail to load"
+    and the submission would be all fallback grades. None when the extension fits or nothing is there."""
+    folder = Path(test_images)
+    if not folder.is_dir():
+        return None
+    suffixes: dict[str, list[str]] = {}
+    for name in os.listdir(folder):
+        stem, suffix = os.path.splitext(name)
+        suffixes.setdefault(stem, []).append(suffix)
+    ids = list(ids)
+    found = [s for i in ids for s in suffixes.get(i, ())]
+    if not found or ext in found:
+        return None
+    other = max(set(found), key=found.count)
+    return (f"test images: none of the {len(ids)} test ids has a {ext} file in {folder}, but "
+            f"{found.count(other)} have a {other} file: set the test extension to {other!r} (the config's "
+            f"'test: {{ext: {other}}}', or test_ext)")

@@ -45,13 +45,13 @@ def _read_run(src: RunSource, filename: str) -> pd.DataFrame:
         return df
     path = Path(src)
     if path.is_file():
-        return pd.read_csv(path, dtype={"id": str})
+        return io.read_csv(path)
     if path.is_dir():
         if (path / filename).is_file():
-            return pd.read_csv(path / filename, dtype={"id": str})
+            return io.read_csv(path / filename)
         parts = sorted(path.glob(f"fold*/{filename}"))
         if parts:
-            return pd.concat([pd.read_csv(p, dtype={"id": str}) for p in parts], ignore_index=True)
+            return pd.concat([io.read_csv(p) for p in parts], ignore_index=True)
     raise EnsembleError(f"no {filename} found at {path} (expected {path}/fold<k>/{filename} or a CSV file)")
 
 

@@ -31,6 +31,7 @@ from kaggle_utils import io
 from kaggle_utils.data.decode import ImageReadError, read_image
 from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_array, retina_bbox
 from kaggle_utils.inference.files import FAILED_FILE, FLAGGED_FILE, PRED_FILE, VIEWS_FILE
+from kaggle_utils.training import precision
 
 TTA_MODES = ("none", "hflip", "d8", "jitter<N>")
 TINY_PX = 64  # short side below this (real fundus photographs here: >= 340 px after reduced decoding)
@@ -262,11 +263,12 @@ def predict_batch(models: Sequence[nn.Module], x_uint8: torch.Tensor, mean: Sequ
     sums = torch.zeros(len(models), x.shape[0], device=device)
     views = 0
     each = []
+    prec = precision.resolve(device)  # training's "auto": fp16 on CUDA, bf16 on a CPU that has it natively
     for view in tta_batches(x, tta, seed):
         # channels-last on CPU too: depthwise/grouped convs run 1.3-2.5x faster there (models are converted
         # in load_run); a batch made from HWC arrays is already laid out so
         view = ((view - m) / s).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=prec.dtype, enabled=prec.amp):
             one = torch.stack([model.decode(model(view)).float() for model in models])
         sums += one
         each.append(one)
@@ -368,6 +370,11 @@ def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: s
         raise InferenceError(f"run folder names must be unique, got {names}")
     results = predict_runs(runs, table, tta, batch_size, workers, seed, progress)
     write_predictions(results, out_dir)
+    first = results[names[0]]
+    if len(first) and (first["status"] != "ok").all():  # a submission of fallback grades only is no result
+        reasons = "; ".join(f"{r.id}: {r.reason}" for r in first.head(3).itertuples())
+        raise InferenceError(f"none of the {len(first)} test images could be read ({reasons}); "
+                             f"see {Path(out_dir) / FAILED_FILE}")
     return results
 
 
@@ -395,7 +402,7 @@ def predict_oof(run_dir: str | os.PathLike, tta: str = "none", batch_size: int =
     run = load_run(run_dir, _device(device))
     parts = []
     for path, model, fold in zip(fold_checkpoints(run_dir), run.models, run.folds, strict=True):
-        oof = pd.read_csv(path.parent / "oof.csv", dtype={"id": str})
+        oof = io.read_csv(path.parent / "oof.csv")
         cache_dir = _relocated(load_checkpoint(path)["config"], "cache_dir", path.parent)
         raw = load_cache(cache_dir, check_files=False).set_index("id")["path"]
         one = Run(run.name, run.folder, [model], [fold], run.preprocess, run.size, run.mean, run.std)

@@ -122,7 +122,7 @@ def build_pseudo_round(test_csv: PathLike, blend_dir: PathLike, cache_dir: PathL
     pcache = out_csv.with_suffix("")
     cache.build_cache(test.assign(grade=pd.NA, source="pseudo"), pcache, cfg, workers=workers or os.cpu_count() or 1)
     cached = cache.load_cache(pcache)
-    preds = pd.read_csv(blend_dir / "test_blend.csv", dtype={"id": str}).set_index("id")["blend"]
+    preds = io.read_csv(blend_dir / "test_blend.csv").set_index("id")["blend"]
     cached = cached[cached["id"].isin(preds.index[np.isfinite(preds.to_numpy(float))])]
     summary = io.read_json(blend_dir / "summary.json")
     thresholds = summary.get("thresholds_submission", summary["thresholds"])  # prior_shift ones when chosen

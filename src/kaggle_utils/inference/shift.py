@@ -33,7 +33,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.stats import norm
 
-from kaggle_utils import metrics
+from kaggle_utils import io, metrics
 from kaggle_utils.inference.files import PRED_FILE, VIEWS_FILE
 
 N_CLASSES = metrics.N_CLASSES
@@ -420,4 +420,4 @@ def run_uncertainty(pred_dir: str | os.PathLike, views_file: str = VIEWS_FILE,
     (written by inference), else the fold columns of ``preds_file``."""
     folder = Path(pred_dir)
     path = folder / views_file if (folder / views_file).is_file() else folder / preds_file
-    return uncertainty(pd.read_csv(path, dtype={"id": str}))
+    return uncertainty(io.read_csv(path))

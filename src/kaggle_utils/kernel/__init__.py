@@ -1,7 +1,8 @@
 """The offline Kaggle bundle: dataset (wheels + checkpoints) and kernel notebook, verified and planned.
 
 ``layout`` (names, paths, errors), ``image`` (what the Kaggle image already has), ``wheels``, ``bundle``
-(:func:`build`), ``verify`` (fresh venv, no network), ``plan`` (run time against the 9 h limit).
+(:func:`build`), ``verify`` (fresh venv, no network, temp workspace), ``testset`` (what ``--verify`` runs the
+kernel on: ``--data`` the competition's test set, else a sample), ``plan`` (run time against the 9 h limit).
 ``python build_kernel.py`` or ``python -m kaggle_utils.kernel`` is the command.
 """
 
@@ -21,16 +22,20 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys([
         "BundleError", "VerifyError", "canonical", "slugify", "REPO_ROOT", "IMAGE_LIST", "WHEEL_CACHE",
         "NOTEBOOK", "COMPETITION", "MODEL_FILES", "ZIP_DATE", "FALLBACK", "INPUT_ENV", "REPORT",
-        "VERIFY_REPORT", "PARTS", "EMULATION", "MANIFEST", "OWN", "SLUG",
+        "VERIFY_REPORT", "PARTS", "EMULATION", "MANIFEST", "OWN", "SLUG", "UPLOAD", "OLD_PARTS",
+        "BUNDLE_MARKERS", "inside_bundle",
     ], "kaggle_utils.kernel.layout"),
     **dict.fromkeys([
         "GpuProfile", "RunMeasure", "measure_run", "measure_preprocess", "plan_images", "estimate",
         "format_plan",
     ], "kaggle_utils.kernel.plan"),
     **dict.fromkeys([
-        "check_manifest", "write_manifest", "link_image", "network_isolation", "layout_test_set",
-        "default_test_images", "VerifyReport",
+        "check_manifest", "write_manifest", "link_image", "network_isolation", "VerifyReport",
     ], "kaggle_utils.kernel.verify"),
+    **dict.fromkeys([
+        "layout_test_set", "default_test_images", "competition_folder", "link_competition_test_set",
+        "prepare_test_set",
+    ], "kaggle_utils.kernel.testset"),
     **dict.fromkeys([
         "wheel_name", "kaggle_compatible", "normalize_wheel", "build_own_wheel", "cached_wheel",
         "fetch_wheel",

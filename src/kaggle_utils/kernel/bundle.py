@@ -1,7 +1,8 @@
 """Kaggle submission bundle: an offline dataset (wheels, fold checkpoints, manifest) plus the inference+blend
 kernel that installs from it, proven end to end in an emulated Kaggle image with the network off.
 
-    python build_kernel.py [RUN_DIR ...] --out DIR [--owner NAME] [--verify] [--plan]   (no RUN_DIR: latest chain's)
+    python build_kernel.py [RUN_DIR ...] --out DIR [--owner NAME] [--verify [--data COMP_DIR]] [--plan]
+    (no RUN_DIR: the latest chain's runs; COMP_DIR: the competition's test.csv + test_images/)
 
 ``DIR/dataset``  (upload with ``kaggle datasets create -p DIR/dataset --dir-mode tar``)
     wheels/            kaggle_utils (built from this checkout) + every runtime dependency the Kaggle image lacks
@@ -11,6 +12,7 @@ kernel that installs from it, proven end to end in an emulated Kaggle image with
     dataset-metadata.json
 ``DIR/kernel``   (push with ``kaggle kernels push -p DIR/kernel``): kernel.ipynb + kernel-metadata.json
 ``DIR/build_report.json``  sizes, what was bundled, what the Kaggle image is assumed to provide.
+``DIR/verify_report.json`` (``--verify``) what was checked; its workspace is a temp folder, never in ``DIR``.
 
 Why it is built this way:
 
@@ -48,6 +50,7 @@ from kaggle_utils.kernel.layout import (
     MANIFEST,
     MODEL_FILES,
     NOTEBOOK,
+    OLD_PARTS,
     OWN,
     PARTS,
     REPORT,
@@ -249,28 +252,33 @@ def _set_assignments(source: str, values: dict[str, Any], where: str) -> str:
 def render_notebook(install: dict[str, Any], params: dict[str, Any], source: Path = NOTEBOOK) -> str:
     """The kernel notebook (from the jupytext source) with this bundle's install line and parameters.
 
-    Fixed cell ids and metadata, no outputs: the same bundle always gives the same bytes.
+    The first code cell is the parameters cell (papermill injects its values right after it), the second the
+    install cell: it removes a stale ``submission.csv`` from ``out_dir`` before anything can fail, then
+    installs from the dataset before anything imports kaggle_utils. Fixed cell ids and metadata, no outputs:
+    the same bundle always gives the same bytes.
     """
     import jupytext
 
     nb = jupytext.read(source)
-    cells, code_seen, has_params = [], False, False
+    cells, code = [], 0
     for i, cell in enumerate(nb.cells):
         text = cell.source
         tags = list(cell.metadata.get("tags", []))
-        if cell.cell_type == "code" and not code_seen:
-            if i != 0:
-                raise BundleError(f"{source}: the first cell must be the offline install cell")
-            text, code_seen = _set_assignments(text, install, "install"), True
+        if cell.cell_type == "code":
+            if code == 0 and "parameters" not in tags:
+                raise BundleError(f"{source}: the first code cell must be the one tagged 'parameters'")
+            if code == 1:
+                text = _set_assignments(text, install, "install")
+            code += 1
         if "parameters" in tags:
-            text, has_params = _set_assignments(text, params, "parameters"), True
+            text = _set_assignments(text, params, "parameters")
         out: dict[str, Any] = {"cell_type": cell.cell_type, "id": f"cell-{i:02d}",
                                "metadata": {"tags": tags} if tags else {}, "source": text}
         if cell.cell_type == "code":
             out.update(execution_count=None, outputs=[])
         cells.append(out)
-    if not has_params:
-        raise BundleError(f"{source}: no cell tagged 'parameters'")
+    if code < 2:
+        raise BundleError(f"{source}: needs a cell tagged 'parameters', then the offline install cell")
     doc = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                         "language_info": {"name": "python"}}}
@@ -299,10 +307,11 @@ def _copy(src: Path, dest: Path) -> None:
 
 def _clear(out: Path) -> None:
     """Empty the parts a build writes, refusing folders that hold anything else."""
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in PARTS) if out.is_dir() else []
+    parts = (*PARTS, *OLD_PARTS)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in parts) if out.is_dir() else []
     if foreign:
         raise BundleError(f"{out} is not a kernel bundle (it holds {foreign[:5]}); choose another --out")
-    for part in PARTS:
+    for part in parts:
         path = out / part
         if path.is_dir():
             shutil.rmtree(path)
@@ -339,10 +348,19 @@ def resolve_bundle(spec: BundleSpec, runs: Sequence[RunInfo]) -> dict[str, Any]:
             "image_not_installed_here": image_missing, "versions": {n: dists[n].version for n in bundle}}
 
 
+def _check_runs_outside(runs: Sequence[Path], out: Path) -> None:
+    """A run folder inside ``--out`` (a bundle's own ``dataset/models/<run>``) would be emptied before it is read."""
+    inside = [str(r) for r in runs if out.resolve() in (r.resolve(), *r.resolve().parents)]
+    if inside:
+        raise BundleError(f"run folders {inside} lie inside --out {out}, which the build empties first: "
+                          "bundle the training run folders (outputs/<chain>/runs/<run>) or choose another --out")
+
+
 def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
     """Write the dataset and kernel folders; returns the build report (also written to ``out``)."""
     say = print if progress else (lambda *a, **k: None)
     _check_names(spec)
+    _check_runs_outside(spec.runs, Path(spec.out))
     runs = [inspect_run(r) for r in spec.runs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):

@@ -21,7 +21,10 @@ FALLBACK = "OFFLINE-INSTALL-FALLBACK"  # printed by the kernel's install cell wh
 INPUT_ENV = "KAGGLE_UTILS_INPUT"  # read by the kernel's install cell; only --verify sets it
 REPORT = "build_report.json"
 VERIFY_REPORT = "verify_report.json"
-PARTS = ("dataset", "kernel", "verify", REPORT, VERIFY_REPORT)  # everything a build or verify writes in --out
+UPLOAD = ("dataset", "kernel")  # the two folders `kaggle datasets create` / `kaggle kernels push` upload
+PARTS = (*UPLOAD, REPORT, VERIFY_REPORT)  # everything a build or verify writes in --out (the reports: a few kB)
+OLD_PARTS = ("verify",)  # --verify's workspace, which older versions left in --out: a rebuild removes it
+BUNDLE_MARKERS = ("dataset-metadata.json", "kernel-metadata.json", REPORT)  # a folder holding one is a bundle('s)
 EMULATION = (
     "--verify emulates the Kaggle image without installing it: a fresh venv (python -m venv, the same CPython "
     "3.11 as this project's .venv) sees exactly the distributions of configs/kaggle_image.txt and their "
@@ -47,7 +50,15 @@ class VerifyError(RuntimeError):
 
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"[verify: {step}] {message}")
-        self.step = step
+        self.step, self.detail = step, message
+
+
+def inside_bundle(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a bundle below ``root`` (it or an ancestor up to ``root`` holds a marker file):
+    a bundle's ``dataset/models/<run>`` looks like a run folder but is a copy, never a run to bundle."""
+    folders = [path, *path.parents]
+    below = folders[: folders.index(root) + 1] if root in folders else folders[:1]
+    return any((d / m).is_file() for d in below for m in BUNDLE_MARKERS)
 
 
 def canonical(name: str) -> str:

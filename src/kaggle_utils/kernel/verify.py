@@ -3,7 +3,8 @@
 It does not install torch (5 GB): it emulates the image by exposing exactly the listed distributions of this
 project's environment to a fresh venv (symlinks + a .pth file), then runs the kernel notebook there with
 papermill under ``unshare -n`` (or, where namespaces are not allowed, a sitecustomize that refuses
-non-loopback connections) against a test set laid out like Kaggle mounts it.
+non-loopback connections) against a test set laid out like Kaggle mounts it (:mod:`.testset`). All of it
+happens in a temp workspace, never inside the bundle folder (whose dataset/ and kernel/ get uploaded).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kaggle_utils import io
 from kaggle_utils.kernel.bundle import file_table
@@ -31,11 +34,11 @@ from kaggle_utils.kernel.layout import (
     IMAGE_LIST,
     INPUT_ENV,
     MANIFEST,
-    REPO_ROOT,
     VERIFY_REPORT,
     VerifyError,
     canonical,
 )
+from kaggle_utils.kernel.testset import prepare_test_set
 from kaggle_utils.kernel.wheels import wheel_name
 
 
@@ -172,52 +175,26 @@ def _offline(cmd: list[str], method: str) -> list[str]:
             f'{shutil.which("ip") or "ip"} link set lo up && exec "$@"', "sh", *cmd]
 
 
-def layout_test_set(images: Sequence[Path], comp_dir: Path) -> list[str]:
-    """``test.csv`` + ``test_images/<id>.png`` + ``sample_submission.csv``, as Kaggle mounts a competition."""
-    import cv2
-
-    (comp_dir / "test_images").mkdir(parents=True, exist_ok=True)
-    ids = []
-    for path in images:
-        rid = Path(path).stem
-        dest = comp_dir / "test_images" / f"{rid}.png"
-        if Path(path).suffix.lower() == ".png":
-            shutil.copyfile(path, dest)
-        else:
-            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if img is None or not cv2.imwrite(str(dest), img):
-                raise VerifyError("test set", f"cannot convert {path} to PNG")
-        ids.append(rid)
-    if len(set(ids)) != len(ids):
-        raise VerifyError("test set", f"test image names repeat: {ids}")
-    io.write_text(comp_dir / "test.csv", "id_code\n" + "".join(f"{i}\n" for i in ids))
-    io.write_text(comp_dir / "sample_submission.csv", "id_code,diagnosis\n" + "".join(f"{i},0\n" for i in ids))
-    return ids
-
-
-def default_test_images(n: int = 6) -> list[Path]:
-    """Real APTOS PNGs (the competition's format) from ../shared/data/raw when present, then sample JPEGs."""
-    raw = REPO_ROOT.parent / "shared" / "data" / "raw"
-    found = sorted(raw.glob("aptos_*.png"))[:2]
-    found += sorted((REPO_ROOT / "data" / "sample" / "images").glob("*.jpg"))[: max(0, n - len(found))]
-    return found
-
-
 @dataclass
 class VerifyReport:
     ok: bool
     network: str
     seconds: dict[str, float]
-    root: str
+    root: str  # the workspace (venv, emulated /kaggle): a temp folder, removed after success unless kept
     submission: str
     n_images: int
     linked: list[str]
     installed_from_bundle: list[str]
+    test_set: str = ""
+    network_probe: str = ""
+    kept: bool = False
 
     def summary(self) -> str:
         steps = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        where = f"workspace kept: {self.root}" if self.kept else "workspace removed"
         return (f"[verify] OK: {self.n_images} test ids, grades 0-4, network blocked by {self.network}; "
-                f"installed from the bundle only: {self.installed_from_bundle}; {steps}")
+                f"installed from the bundle only: {self.installed_from_bundle}; {steps}; {where}\n"
+                f"[verify] test set: {self.test_set}")
 
 
 def _diagnose(text: str) -> str | None:
@@ -258,35 +235,20 @@ def _notebook_errors(path: Path) -> str:
     return "\n".join(parts)
 
 
-def verify(out: str | os.PathLike, images: Sequence[str | os.PathLike] | None = None, n_images: int = 6,
-           python: str | None = None, network: str = "auto", timeout: int = 900,
-           image_list: Path = IMAGE_LIST, progress: bool = True) -> VerifyReport:
-    """Install the bundle into a fresh venv that sees only the assumed Kaggle image, run the kernel notebook
-    offline on a Kaggle-shaped test set, check ``submission.csv``. Raises :class:`VerifyError` naming the step."""
-    say = print if progress else (lambda *a, **k: None)
-    out = Path(out).resolve()
-    seconds: dict[str, float] = {}
-    t0 = time.time()
-    problems = check_manifest(out)
-    if problems:
-        raise VerifyError("manifest", "; ".join(problems[:10]))
-    manifest = io.read_json(out / "dataset" / MANIFEST)
-    slug, competition = manifest["dataset"].split("/")[1], manifest["competition"]
+@dataclass
+class _Image:
+    """The emulated Kaggle image: a fresh venv, what it sees, how the network is cut."""
 
-    root = out / "verify"
-    if root.exists():
-        shutil.rmtree(root)
-    kaggle = root / "kaggle"
-    (kaggle / "input").mkdir(parents=True)
-    (kaggle / "working").mkdir()
-    (kaggle / "input" / slug).symlink_to(out / "dataset", target_is_directory=True)
-    chosen = [Path(p) for p in images] if images else default_test_images(n_images)
-    if not chosen:
-        raise VerifyError("test set", "no test images given and none found in data/sample/images")
-    ids = layout_test_set(chosen, kaggle / "input" / competition)
-    seconds["manifest+layout"] = time.time() - t0
+    python: Path
+    site: Path
+    env: dict[str, str]
+    linked: list[str]
+    network: str
+    probe: str
 
-    t = time.time()
+
+def _emulate_image(root: Path, kaggle: Path, python: str | None, network: str, image_list: Path) -> _Image:
+    """A fresh venv seeing exactly the image's distributions of this environment, private dirs, no network."""
     venv = root / "venv"
     base = python or _base_python()
     proc = subprocess.run([base, "-m", "venv", str(venv)], capture_output=True, text=True)
@@ -321,23 +283,24 @@ def verify(out: str | os.PathLike, images: Sequence[str | os.PathLike] | None = 
     probe = subprocess.run(_offline([str(vpy), "-c", PROBE], method), capture_output=True, text=True, env=env)
     if probe.returncode != 0 or not probe.stdout.startswith("blocked"):
         raise VerifyError("network", f"could not cut the network with {method}: {probe.stdout}{probe.stderr[-500:]}")
-    seconds["venv+image"] = time.time() - t
-    say(f"[verify] venv {venv} sees {len(linked)} image distributions; network: {method} ({probe.stdout.strip()})")
+    return _Image(vpy, site, env, linked, method, probe.stdout.strip())
 
-    t = time.time()
-    executed = root / "kernel.out.ipynb"
+
+def _run_kernel(out: Path, kaggle: Path, slug: str, competition: str, image: _Image, timeout: int) -> None:
+    """papermill runs the bundle's kernel notebook in the emulated image, offline, with Kaggle's paths."""
+    executed = kaggle.parent / "kernel.out.ipynb"
     params = {"models_dir": str(kaggle / "input" / slug / "models"),
               "test_csv": str(kaggle / "input" / competition / "test.csv"),
               "test_images": str(kaggle / "input" / competition / "test_images"),
               "out_dir": str(kaggle / "working"), "device": "cpu", "batch_size": 4, "workers": 2}
-    cmd = [str(vpy), "-m", "papermill", str(out / "kernel" / "kernel.ipynb"), str(executed), "-k", "kaggle-verify",
-           "--cwd", str(kaggle / "working"), "--no-progress-bar", "--execution-timeout", str(timeout),
-           "-y", json.dumps(params)]
+    cmd = [str(image.python), "-m", "papermill", str(out / "kernel" / "kernel.ipynb"), str(executed), "-k",
+           "kaggle-verify", "--cwd", str(kaggle / "working"), "--no-progress-bar", "--execution-timeout",
+           str(timeout), "-y", json.dumps(params)]
     try:
-        proc = subprocess.run(_offline(cmd, method), capture_output=True, text=True, env=env, timeout=timeout + 120)
+        proc = subprocess.run(_offline(cmd, image.network), capture_output=True, text=True, env=image.env,
+                              timeout=timeout + 120)
     except subprocess.TimeoutExpired as err:
         raise VerifyError("kernel run", f"the notebook ran past {timeout + 120} s; see {executed}") from err
-    seconds["kernel run"] = time.time() - t
     fallback = _stream_text(executed)
     if proc.returncode == 0 and FALLBACK in fallback:  # it would run on Kaggle, but the bundle has a gap
         raise VerifyError("kernel install", f"{_diagnose(fallback) or 'pip could not resolve'}; the notebook only "
@@ -349,23 +312,86 @@ def verify(out: str | os.PathLike, images: Sequence[str | os.PathLike] | None = 
         raise VerifyError("kernel run", f"{_diagnose(text) or where}\n(executed notebook: {executed})\n"
                                         f"{text[-1500:]}")
 
-    t = time.time()
-    _check_submission(kaggle / "working" / "submission.csv", ids)
-    listing = subprocess.run([str(vpy), "-c", "import json, importlib.metadata as m, sys; print(json.dumps("
+
+def _installed_from_bundle(image: _Image, manifest: dict) -> list[str]:
+    """What the kernel installed into the venv besides the image: exactly the bundle's wheels, or an error."""
+    listing = subprocess.run([str(image.python), "-c", "import json, importlib.metadata as m, sys; print(json.dumps("
                               "[(d.metadata['Name'], str(d.locate_file(''))) for d in m.distributions()]))"],
-                             capture_output=True, text=True, env=env, check=True)
-    ours = sorted(canonical(n) for n, where in json.loads(listing.stdout) if Path(where).resolve() == site.resolve()
-                  and canonical(n) not in VENV_OWN)
+                             capture_output=True, text=True, env=image.env, check=True)
+    ours = sorted(canonical(n) for n, where in json.loads(listing.stdout)
+                  if Path(where).resolve() == image.site.resolve() and canonical(n) not in VENV_OWN)
     wheels = sorted(wheel_name(Path(f))[0] for f in manifest["files"] if f.startswith("wheels/"))
     if ours != wheels:
         raise VerifyError("isolation", f"the venv holds {ours} besides the image, but the bundle's wheels are {wheels}")
-    seconds["checks"] = time.time() - t
-    report = VerifyReport(True, method, {k: round(v, 1) for k, v in seconds.items()}, str(root),
-                          str(kaggle / "working" / "submission.csv"), len(ids), linked, ours)
+    return ours
+
+
+def verify(out: str | os.PathLike, images: Sequence[str | os.PathLike] | None = None, n_images: int = 6,
+           python: str | None = None, network: str = "auto", timeout: int | None = None,
+           image_list: Path = IMAGE_LIST, progress: bool = True, data: str | os.PathLike | None = None,
+           limit: int | None = None, keep: bool = False) -> VerifyReport:
+    """Install the bundle into a fresh venv that sees only the assumed Kaggle image, run the kernel notebook
+    offline on a Kaggle-shaped test set, check ``submission.csv``. Raises :class:`VerifyError` naming the step.
+
+    The test set: the competition's own (``data``: test.csv + test_images/, its first ``limit`` ids), else
+    ``images``, else a small bundled sample (the output says which). The workspace (venv, emulated /kaggle) is
+    a temp folder, never inside ``out``, whose folders get uploaded: removed after success unless ``keep``,
+    kept after a failure for inspection (the error names it). ``timeout`` (the notebook's, in seconds)
+    defaults to 900 + 2 per test image. Only ``verify_report.json`` is written to ``out``.
+    """
+    say = print if progress else (lambda *a, **k: None)
+    out = Path(out).resolve()
+    problems = check_manifest(out)
+    if problems:
+        raise VerifyError("manifest", "; ".join(problems[:10]))
+    root = Path(tempfile.mkdtemp(prefix="kaggle_utils_verify_"))
+    try:
+        report = _verify_in(root, out, images, n_images, python, network, timeout, image_list, say, data, limit)
+    except VerifyError as err:
+        raise VerifyError(err.step, f"{err.detail}\n(verify workspace kept for inspection: {root})") from err
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    report.kept = keep
+    manifest = io.read_json(out / "dataset" / MANIFEST)
     io.write_json(out / VERIFY_REPORT, {**dataclasses.asdict(report), "bundle_sha256": manifest["bundle_sha256"],
-                                        "emulation": EMULATION, "network_probe": probe.stdout.strip()})
+                                        "emulation": EMULATION})
     say(report.summary())
     return report
+
+
+def _verify_in(root: Path, out: Path, images: Sequence[str | os.PathLike] | None, n_images: int,
+               python: str | None, network: str, timeout: int | None, image_list: Path, say: Any,
+               data: str | os.PathLike | None, limit: int | None) -> VerifyReport:
+    """:func:`verify`'s steps, in the workspace ``root``."""
+    seconds: dict[str, float] = {}
+    t = time.time()
+    manifest = io.read_json(out / "dataset" / MANIFEST)
+    slug, competition = manifest["dataset"].split("/")[1], manifest["competition"]
+    kaggle = root / "kaggle"
+    (kaggle / "input").mkdir(parents=True)
+    (kaggle / "working").mkdir()
+    (kaggle / "input" / slug).symlink_to(out / "dataset", target_is_directory=True)
+    ids, test_set = prepare_test_set(kaggle / "input" / competition, data, images, n_images, limit)
+    say(f"[verify] test set: {test_set}")
+    seconds["manifest+layout"] = time.time() - t
+
+    t = time.time()
+    image = _emulate_image(root, kaggle, python, network, image_list)
+    seconds["venv+image"] = time.time() - t
+    say(f"[verify] venv {root / 'venv'} sees {len(image.linked)} image distributions; network: {image.network} "
+        f"({image.probe})")
+
+    t = time.time()
+    _run_kernel(out, kaggle, slug, competition, image, timeout if timeout is not None else 900 + 2 * len(ids))
+    seconds["kernel run"] = time.time() - t
+
+    t = time.time()
+    _check_submission(kaggle / "working" / "submission.csv", ids)
+    ours = _installed_from_bundle(image, manifest)
+    seconds["checks"] = time.time() - t
+    return VerifyReport(True, image.network, {k: round(v, 1) for k, v in seconds.items()}, str(root),
+                        str(kaggle / "working" / "submission.csv"), len(ids), image.linked, ours, test_set,
+                        image.probe)
 
 
 def _base_python() -> str:
@@ -384,7 +410,7 @@ def _check_submission(path: Path, ids: Sequence[str]) -> None:
 
     if not path.is_file():
         raise VerifyError("submission", f"the kernel wrote no {path}")
-    sub = pd.read_csv(path, dtype={"id_code": str})
+    sub = io.read_csv(path)
     if list(sub.columns) != ["id_code", "diagnosis"]:
         raise VerifyError("submission", f"{path} columns are {list(sub.columns)}, expected id_code,diagnosis")
     missing = sorted(set(ids) - set(sub["id_code"]))

@@ -65,7 +65,7 @@ def load_curves(run_dirs: Sequence[PathLike] | PathLike, filename: str = "metric
     for run in map(Path, dirs):
         for f in sorted(run.glob(f"fold*/{filename}")) or ([run / filename] if (run / filename).is_file() else []):
             key = f"{run.name}/{f.parent.name}" if f.parent != run else run.name
-            out[key] = pd.read_csv(f)
+            out[key] = io.read_csv(f)
     return out
 
 

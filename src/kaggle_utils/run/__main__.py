@@ -6,11 +6,20 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kaggle_utils.run.chain import BudgetExceeded, run_chain, test_summary
+from kaggle_utils.run.chain import (
+    BudgetExceeded,
+    Interrupted,
+    StepFailed,
+    problem_counts,
+    run_chain,
+    test_summary,
+    training_summary,
+)
 from kaggle_utils.run.config import load_config
 
 
@@ -47,23 +56,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_plan(args.config, args.workdir, args.budget_hours)
     from kaggle_utils.data.labels import SourceError
 
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops it the way Ctrl-C does
     try:
         log = run_chain(args.config, args.workdir, budget, overwrite=args.overwrite)
+    except Interrupted as err:
+        print(f"\n[run] interrupted during step {err.step!r}; rerun the same command to resume (finished steps "
+              "are skipped, training resumes from its last checkpoint)", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # between steps
+        print("\n[run] interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except BudgetExceeded as err:
         print(f"[run] stopped: {err}", file=sys.stderr)
         return 3
     except (OSError, ValueError, SourceError) as err:  # the config: checked before any step runs
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # a step failed; its executed notebook holds the traceback
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except StepFailed as err:  # the exception's last lines and where the whole traceback is
+        print(f"error: {err}", file=sys.stderr)
         return 1
+    outputs = log.get("outputs", {})
     total = sum(s["seconds"] for s in log["steps"].values())
     print(f"[run] all steps done ({total / 60:.1f} min of step time)")
-    print(f"[run] {test_summary(log.get('outputs', {}))}")
-    for key, path in log.get("outputs", {}).items():
-        print(f"[run] {key}: {path}")
-    return 0
+    print(f"[run] {training_summary(outputs)}")
+    print(f"[run] {test_summary(outputs)}")
+    for key, path in outputs.items():
+        if key != "cache_manifests":
+            print(f"[run] {key}: {path}")
+    problems = sum(problem_counts(outputs).values())
+    if problems:
+        print(f"[run] exit status 1: {problems} skipped row(s) or failed image(s) above; the submission covers "
+              "every test id (unreadable ones get the fallback grade)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ One YAML file lists the data, the preprocessing and the models; every executed n
 ``workdir/notebooks`` next to the outputs it made. An overall budget (default Kaggle's 9 h) is split so that
 training stops in time for inference and blending: training gets an absolute deadline (it stops cleanly,
 resumable), every step gets a per-cell timeout no longer than what is left, and a step that runs out is named.
-Rerunning the same config skips finished steps (``run_log.json``) and resumes unfinished training.
+Rerunning the same config skips finished steps (``run_log.json``) and resumes unfinished training. A step's
+key covers its parameters *and* the state of the files it reads (label/test CSVs by content, image folders by
+names, sizes and mtimes), so replacing a test image reruns infer and blend and nothing else; a step that runs
+makes every later step stale, and the final outputs of those steps (``submission.csv``, the report) are
+removed before it starts, so a failed or interrupted run never leaves an older submission looking current.
 
     python -m kaggle_utils.run configs/demo.yaml [--workdir DIR] [--budget-hours H]
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +41,23 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 KAGGLE_BUDGET_S = 9 * 3600
 LOG_FILE = "run_log.json"
+BLEND_OUTPUTS = ("report.html", "test_blend.csv")  # besides submission.csv: what a blend step leaves as current
 
 
 class BudgetExceeded(RuntimeError):
     """The overall budget ran out; the message names the step."""
+
+
+class StepFailed(RuntimeError):
+    """A step raised; the message names it, ends with the exception's last lines and the executed notebook."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a step; ``step`` names it. A rerun resumes."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
 
 
 @dataclass
@@ -49,13 +67,36 @@ class Step:
     params: dict[str, Any]
     kind: str = "notebook"  # notebook | pseudo
     meta: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)  # files and folders it reads from outside the chain
+    outputs: list[str] = field(default_factory=list)  # final artifacts, removed before it (or a step before) runs
 
     def key(self, workdir: str | os.PathLike | None = None) -> str:
-        """Hash of the notebook and its parameters, with paths under ``workdir`` written relative to it: a
-        workdir that was moved or copied (Kaggle users copy outputs between kernels) keeps its keys."""
+        """Hash of the notebook, its parameters and its inputs' state, with paths under ``workdir`` written
+        relative to it: a workdir that was moved or copied (Kaggle users copy outputs between kernels) keeps
+        its keys, while a changed, added or removed input file changes them."""
         params = _relative_to(self.params, str(Path(workdir).resolve())) if workdir is not None else self.params
-        return hashlib.sha256(json.dumps([self.notebook, params], sort_keys=True,
+        state = [input_state(p) for p in self.inputs]
+        return hashlib.sha256(json.dumps([self.notebook, params, state], sort_keys=True,
                                          default=str).encode()).hexdigest()[:16]
+
+
+def input_state(path: str | os.PathLike) -> str:
+    """Fingerprint of an input: a file by its content (label and test CSVs are small), a folder by the names,
+    sizes and mtimes of its files (an image folder: hashing 88k photographs would take longer than a step)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_file():
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return "file:" + h.hexdigest()
+    if p.is_dir():
+        for entry in sorted(os.scandir(p), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return "dir:" + h.hexdigest()
+    return "missing"
 
 
 def _relative_to(value: Any, root: str) -> Any:
@@ -106,8 +147,9 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
         if key not in caches:
             caches[key] = workdir / f"cache{len(caches)}"
             if round_no == 0:
-                steps.append(Step(f"preprocess:{caches[key].name}", "preprocess",
-                                  _preprocess_params(cfg, pre, caches[key], table_dir)))
+                params = _preprocess_params(cfg, pre, caches[key], table_dir)
+                inputs = [p for s in params["sources"] for p in (s["csv"], s["images"])]
+                steps.append(Step(f"preprocess:{caches[key].name}", "preprocess", params, inputs=inputs))
         m["_cache"] = caches[key]
     first_cache = next(iter(caches.values()))
     runs_dir = workdir / ("runs" if round_no == 0 else f"runs_round{round_no}")
@@ -149,12 +191,26 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
     test_csv = abs_path(test.get("csv")) or str(table_dir / "test.csv")
     infer_params = {"run_dirs": run_dirs, "test_csv": test_csv, "test_images": abs_path(test.get("images")),
                     "test_ext": test.get("ext", ".png"), "out_dir": str(preds), **cfg.get("infer", {})}
-    steps.append(Step(f"infer{tag}", "infer", infer_params))
+    test_inputs = [p for p in (test_csv, infer_params["test_images"]) if p]
+    steps.append(Step(f"infer{tag}", "infer", infer_params, inputs=test_inputs))
     blend_dir = workdir / ("blend" if round_no == 0 else f"blend_round{round_no}")
     blend_params = {"run_dirs": run_dirs, "preds_dir": str(preds), "test_csv": test_csv,
                     "test_id_col": "id_code" if test.get("images") else "id", "out_dir": str(blend_dir),
                     "cache_dir": str(first_cache), **cfg.get("blend", {})}
-    steps.append(Step(f"blend{tag}", "blend", blend_params))
+    submission = blend_params.get("submission_path") or str(blend_dir / "submission.csv")
+    steps.append(Step(f"blend{tag}", "blend", blend_params, inputs=[test_csv],
+                      outputs=[str(submission), *(str(blend_dir / f) for f in BLEND_OUTPUTS)]))
+    return steps
+
+
+def all_steps(cfg: dict[str, Any], workdir: Path) -> list[Step]:
+    """Every step of every round, in order (a round's plan depends only on the config, not on results)."""
+    rounds = int((cfg.get("pseudo") or {}).get("rounds", 0))
+    steps: list[Step] = []
+    for round_no in range(rounds + 1):
+        if round_no:
+            steps.append(_pseudo_step(cfg, workdir, round_no))
+        steps += plan(cfg, workdir, round_no)
     return steps
 
 
@@ -178,23 +234,32 @@ class Runner:
     def remaining(self) -> float:
         return self.deadline - time.time()
 
-    def _record(self, step: Step, status: str, seconds: float, output: str, error: str = "") -> None:
-        self.log["steps"][step.name] = {"key": step.key(self.workdir), "status": status, "seconds": round(seconds, 1),
+    def _record(self, step: Step, key: str, status: str, seconds: float, output: str, error: str = "") -> None:
+        self.log["steps"][step.name] = {"key": key, "status": status, "seconds": round(seconds, 1),
                                         "output": output, "error": error, "finished": time.time()}
         io.write_json(self.log_path, self.log)
 
-    def run(self, step: Step) -> None:
-        """Execute ``step`` unless it finished earlier with the same parameters *after* every step before
-        it in this chain (a rerun upstream step, e.g. inference with another TTA, makes the rest stale)."""
+    def run_all(self, steps: list[Step]) -> None:
+        for i, step in enumerate(steps):
+            self.run(step, later=steps[i + 1:])
+
+    def run(self, step: Step, later: list[Step] | None = None) -> None:
+        """Execute ``step`` unless it finished earlier with the same key (parameters and inputs) *after* every
+        step before it in this chain (a rerun upstream step, e.g. inference with another TTA, makes the rest
+        stale). Before it runs, the final outputs of it and of the ``later`` steps are removed."""
         done = self.log["steps"].get(step.name, {})
+        key = step.key(self.workdir)
         fresh = done.get("finished", 0) >= self.upstream_finished
-        if done.get("status") == "ok" and done.get("key") == step.key(self.workdir) and fresh:
+        if done.get("status") == "ok" and done.get("key") == key and fresh:
             print(f"[run] {step.name}: done earlier, skipped", flush=True)
             self.upstream_finished = max(self.upstream_finished, done["finished"])
             return
+        if done.get("status") == "ok" and done.get("key") != key and fresh:
+            print(f"[run] {step.name}: its parameters or input files changed, running it again", flush=True)
         left = self.remaining()
         if left <= 0:
             raise BudgetExceeded(f"the budget ran out before step {step.name!r}")
+        discard_outputs([step, *(later or [])])
         params = dict(step.params)
         if step.meta.get("deadline"):  # training stops in time for inference and blending
             params["deadline"] = self.deadline - self.reserve_s
@@ -206,14 +271,20 @@ class Runner:
         t0 = time.time()
         try:
             self._execute(step, params, out_nb, timeout=max(1, int(min(self.cell_timeout_s, left))))
+        except KeyboardInterrupt as err:
+            self._record(step, key, "interrupted", time.time() - t0, str(out_nb))
+            raise Interrupted(step.name) from err
         except Exception as err:
             timed_out = "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower()
-            self._record(step, "timeout" if timed_out else "failed", time.time() - t0, str(out_nb), str(err)[-2000:])
+            self._record(step, key, "timeout" if timed_out else "failed", time.time() - t0, str(out_nb),
+                         str(err)[-2000:])
             if timed_out:
                 raise BudgetExceeded(f"step {step.name!r} ran out of time (cell timeout "
                                      f"{min(self.cell_timeout_s, left):.0f} s); see {out_nb}") from err
-            raise RuntimeError(f"step {step.name!r} failed; the executed notebook is {out_nb}:\n{err}") from err
-        self._record(step, "ok", time.time() - t0, str(out_nb) if step.kind == "notebook" else params["out_csv"])
+            where = f"the executed notebook is {out_nb}" if step.kind == "notebook" else "see the traceback above"
+            raise StepFailed(f"step {step.name!r} failed: {error_tail(err)}\n  {where}") from err
+        self._record(step, key, "ok", time.time() - t0,
+                     str(out_nb) if step.kind == "notebook" else params["out_csv"])
         self.upstream_finished = time.time()
 
     def _execute(self, step: Step, params: dict[str, Any], out_nb: Path, timeout: int) -> None:
@@ -229,6 +300,29 @@ class Runner:
         pm.execute_notebook(str(notebook), str(out_nb), parameters=params,
                             cwd=str(REPO_ROOT), execution_timeout=timeout, progress_bar=False,
                             kernel_name="python3")
+
+
+def discard_outputs(steps: list[Step]) -> None:
+    """Remove the final outputs of steps that are about to be redone: until they finish, an older
+    ``submission.csv`` must not sit where the new one will appear, looking current."""
+    for step in steps:
+        for path in step.outputs:
+            Path(path).unlink(missing_ok=True)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_tail(err: BaseException, n_lines: int = 3) -> str:
+    """``Type: message`` of the exception (for a notebook, its cell's: ``ValueError: preds is empty``), then
+    the last few traceback lines that say where it was raised."""
+    tb = getattr(err, "traceback", None)  # papermill's PapermillExecutionError
+    if not tb:
+        return f"{type(err).__name__}: {err}"
+    lines = [ln.rstrip() for ln in _ANSI.sub("", "\n".join(tb)).splitlines() if ln.strip()]
+    head = f"{getattr(err, 'ename', 'Error')}: {getattr(err, 'evalue', '')}"
+    context = [ln for ln in lines[:-1] if not ln.startswith("-----")][-n_lines:]
+    return "\n".join([head, *("    " + ln for ln in context)])
 
 
 def pack_parameters(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -250,6 +344,8 @@ def run_chain(config: str | os.PathLike | dict[str, Any], workdir: str | os.Path
               overwrite: bool = False) -> dict[str, Any]:
     """Run every step of the config (and its pseudo-label rounds); returns the run log. ``overwrite``: training
     steps that run discard what their out_dir holds (a run with other settings) instead of stopping."""
+    from kaggle_utils.data.assemble import PROBLEMS_FILE
+
     cfg = load_config(config)
     work = Path(workdir or cfg.get("workdir", "outputs/run")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -258,16 +354,14 @@ def run_chain(config: str | os.PathLike | dict[str, Any], workdir: str | os.Path
     runner = Runner(work, budget, float(cfg.get("cell_timeout_s", budget)), float(cfg.get("reserve_s", 0)),
                     notebooks, overwrite=overwrite)
     rounds = int((cfg.get("pseudo") or {}).get("rounds", 0))
-    for round_no in range(rounds + 1):
-        if round_no:
-            runner.run(_pseudo_step(cfg, work, round_no))
-        for step in plan(cfg, work, round_no):
-            runner.run(step)
+    runner.run_all(all_steps(cfg, work))
     final = work / ("blend" if rounds == 0 else f"blend_round{rounds}")
     preds = work / ("preds" if rounds == 0 else f"preds_round{rounds}")
     runner.log["outputs"] = {"submission": str(final / "submission.csv"), "report": str(final / "report.html"),
                              "failed_images": str(preds / FAILED_FILE),
-                             "flagged_images": str(preds / FLAGGED_FILE)}
+                             "flagged_images": str(preds / FLAGGED_FILE),
+                             "skipped_rows": str(work / "data" / PROBLEMS_FILE),
+                             "cache_manifests": [str(p) for p in sorted(work.glob("cache*/manifest.csv"))]}
     io.write_json(runner.log_path, runner.log)
     return runner.log
 
@@ -285,19 +379,43 @@ def _pseudo_step(cfg: dict[str, Any], work: Path, round_no: int) -> Step:
     return Step(f"pseudo:r{round_no}", "pseudo", params, kind="pseudo")
 
 
-def test_summary(outputs: dict[str, str]) -> str:
+def test_summary(outputs: dict[str, Any]) -> str:
     """One line on the test images the submission grades: how many were unreadable (fallback grade) and how
     many were graded but flagged (tiny, nearly black, no retina), with the first few ids and reasons."""
-    import pandas as pd
-
     parts = []
     for key, what in (("failed_images", "unreadable (fallback grade)"), ("flagged_images", "flagged")):
-        path = outputs.get(key)
-        if not path or not Path(path).is_file():
+        df = _read_listing(outputs.get(key))
+        if df is None:
             parts.append(f"{what}: not recorded")
             continue
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
         shown = "; ".join(f"{r.id}: {r.reason}" for r in df.head(3).itertuples())
         more = f"; ... {len(df) - 3} more" if len(df) > 3 else ""
         parts.append(f"{len(df)} {what}" + (f" ({shown}{more})" if len(df) else ""))
     return "test images: " + ", ".join(parts)
+
+
+def training_summary(outputs: dict[str, Any]) -> str:
+    """One line on the training data the chain left out: label rows skipped (bad grade, missing image) and
+    images that failed to preprocess, with the file that lists the rows."""
+    n = problem_counts(outputs)
+    listed = f" (listed in {outputs['skipped_rows']})" if n["skipped_rows"] else ""
+    return (f"training data: {n['skipped_rows']} label row(s) skipped{listed}, {n['failed_cache']} image(s) "
+            "failed to preprocess")
+
+
+def problem_counts(outputs: dict[str, Any]) -> dict[str, int]:
+    """What the exit status counts: unreadable test images, skipped label rows and images that failed to
+    preprocess (flagged test images are graded, so they are only listed)."""
+    failed, skipped = _read_listing(outputs.get("failed_images")), _read_listing(outputs.get("skipped_rows"))
+    # the skipped-rows listing has a line per problem, and a row may have several
+    counts = {"failed_images": 0 if failed is None else len(failed),
+              "skipped_rows": 0 if skipped is None else len(skipped.drop_duplicates(["source", "row"]))}
+    manifests = [_read_listing(p) for p in outputs.get("cache_manifests") or []]
+    counts["failed_cache"] = sum(int((m["status"] != "ok").sum()) for m in manifests if m is not None)
+    return counts
+
+
+def _read_listing(path: str | None) -> Any:
+    if not path or not Path(path).is_file():
+        return None
+    return io.read_csv(path, text=None, na_filter=False)

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from kaggle_utils import io
+
 TOP_KEYS = {"workdir", "budget_hours", "reserve_s", "workers", "cell_timeout_s", "data", "preprocess", "folds",
             "pretrain", "train", "models", "test", "infer", "blend", "pseudo"}
 MODEL_KEYS = {"name", "sizes", "seeds", "folds", "preprocess", "pretrain", "train_sources"}
@@ -87,9 +89,7 @@ def check_config(cfg: dict[str, Any], plan_only: bool = False) -> None:
 def _unknown(where: str, section: dict[str, Any], known: set[str]) -> None:
     if not isinstance(section, dict):
         raise TypeError(f"{where} must be a mapping, got {type(section).__name__}")
-    bad = sorted(set(section) - known)
-    if bad:
-        raise ValueError(f"unknown {where} key(s) {bad}; known: {sorted(known)}")
+    io.check_keys(f"{where} key(s)", section, known)
 
 
 def abs_path(path: str | None) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from kaggle_utils import io
 from kaggle_utils.kernel.plan import ACHIEVED, CPU_SCALING, GPU_PROFILES, KAGGLE_VCPUS, model_family
 
 # Achieved GFLOP/s here (2 cores), by family: lite0 at 224 px trains at ~13 img/s and predicts at ~58 img/s
@@ -119,7 +120,7 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
     val_fraction = float((cfg.get("pretrain") or {}).get("val_fraction", 0.0))
     models = {m["name"]: m for m in config.expand_models(cfg)}
     test = cfg.get("test") or {}
-    n_test = (len(pd.read_csv(test["csv"])) if Path(test["csv"]).is_file() else int(test["rows"])) \
+    n_test = (len(io.read_csv(test["csv"], text=None)) if Path(test["csv"]).is_file() else int(test["rows"])) \
         if test.get("csv") else comp.holdout
     infer_cfg = cfg.get("infer") or {}
     from kaggle_utils.inference.predict import tta_views
@@ -158,9 +159,21 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
         rows.append({"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
                      "p100_s": 10.0})
     facts = {"skipped_rows": len(skipped), "counts": counts, "n_comp": n_comp, "n_test": n_test,
-             "elsewhere": elsewhere,
+             "elsewhere": elsewhere, "warnings": _test_warnings(test),
              "budget_s": float(cfg.get("budget_hours", 9)) * 3600}
     return rows, facts
+
+
+def _test_warnings(test: dict[str, Any]) -> list[str]:
+    """What would make inference fail on the test set that is here: today, an extension that fits no image."""
+    from kaggle_utils.data.sources import extension_mismatch
+
+    if not (test.get("csv") and test.get("images") and Path(test["csv"]).is_file()):
+        return []
+    ids = io.read_csv(test["csv"], text=None, na_filter=False)
+    col = "id_code" if "id_code" in ids.columns else ids.columns[0]
+    wrong = extension_mismatch(ids[col].str.strip(), test["images"], test.get("ext", ".png"))
+    return [wrong] if wrong else []
 
 
 _PRE_KEYS = {"size", "crop", "crop_tol", "framing", "resize_mode", "circle", "clahe", "clahe_clip", "clahe_grid",
@@ -183,7 +196,10 @@ def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str,
         train = n_comp - val + sum(counts.get(d, 0) for d in extra)
         stage = "fine-tune" if p.get("init_from") else "train"
         on = ", ".join([comp, *extra]) + (" <- " + Path(p["init_from"]).parent.name if p.get("init_from") else "")
-    size, bs, epochs = int(p.get("size", 224)), int(p.get("batch_size", 16)), int(p.get("epochs", 10))
+    from kaggle_utils.training.config import TrainConfig
+
+    d = TrainConfig()  # a key the config leaves out trains at TrainConfig's default
+    size, bs, epochs = int(p.get("size", d.size)), int(p.get("batch_size", d.batch_size)), int(p.get("epochs", d.epochs))
     per_epoch = int(p.get("samples_per_epoch") or train)
     if p.get("max_steps_per_epoch"):
         per_epoch = min(per_epoch, int(p["max_steps_per_epoch"]) * bs)
@@ -223,6 +239,7 @@ def format_plan(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
               "duplicates are made by the preprocess step, so '~' counts are before duplicate removal.",
               "Times: counted FLOPs x measured CPU rates here; P100 from its peak and kernel_plan's achieved "
               "fractions, not measured on a GPU."]
+    lines += [f"WARNING: {w}" for w in facts.get("warnings", [])]
     if p100 > 9 * 3600:
         lines.append(f"WARNING: {_hm(p100)} is past Kaggle's 9 h limit on a P100")
     return "\n".join(lines)

@@ -14,7 +14,8 @@ validation predictions so every rank takes the same early-stopping/deadline deci
 ``deadline`` (e.g. kernel start + 8.5 h under Kaggle's 9 h limit) is checked at batch boundaries; once passed, the
 run saves a resumable last.pt (best.pt/oof.csv are already on disk from the best epoch so far) and returns with
 status "deadline". On CUDA the defaults turn on AMP (fp16 + GradScaler), channels_last and cudnn.benchmark
-(``deterministic="auto"``), so a resumed GPU run is close to, not bit-identical with, an uninterrupted one.
+(``deterministic="auto"``), so a resumed GPU run is close to, not bit-identical with, an uninterrupted one. On
+the CPU they turn on channels_last, and bf16 autocast where the CPU has native bf16 (training/precision.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from kaggle_utils.data.dataset import FundusDataset, GradeBalancedSampler, ShuffleSampler
+from kaggle_utils.training import precision
 from kaggle_utils.training.artifacts import FoldArtifacts
 from kaggle_utils.training.checkpoint import (
     deterministic,
@@ -106,9 +108,8 @@ class Trainer(FoldArtifacts):
         self.out = Path(cfg.out_dir)
         self.device = self._pick_device()
         cuda = self.device.type == "cuda"
-        self.amp = cuda if cfg.amp == "auto" else bool(cfg.amp)
-        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-        self.channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+        prec = precision.resolve(self.device, cfg.amp, cfg.channels_last, cfg.amp_dtype)
+        self.amp, self.amp_dtype, self.channels_last = prec.amp, prec.dtype, prec.channels_last
 
         table = load_table(cfg, table)
         self.train_table, self.val_table = split_fold(table, cfg.fold, allow_no_val=True)

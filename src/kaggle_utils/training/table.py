@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kaggle_utils import io
 from kaggle_utils.training.config import TrainConfig
 
 
@@ -33,7 +34,7 @@ def load_table(cfg: TrainConfig, table: pd.DataFrame | None = None) -> pd.DataFr
         elif cfg.table_csv:
             if not Path(cfg.table_csv).is_file():
                 raise FileNotFoundError(f"table_csv {cfg.table_csv} not found")
-            table = pd.read_csv(cfg.table_csv, dtype={"id": str})
+            table = io.read_csv(cfg.table_csv)
             missing = [c for c in ("id", "path", "grade") if c not in table.columns]
             if missing:
                 hint = (" (an APTOS train.csv: run `python -m kaggle_utils.data --source aptos --csv train.csv "

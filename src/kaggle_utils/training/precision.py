@@ -1,0 +1,62 @@
+"""What ``amp="auto"`` and ``channels_last="auto"`` mean on the device at hand, for training and inference.
+
+CUDA: fp16 autocast (with a GradScaler in training) and channels_last, as every GPU recipe does. CPU:
+channels_last always (oneDNN's convolutions run NHWC natively; contiguous tensors get reordered around every
+convolution), and bf16 autocast only where the CPU computes bf16 natively (AVX-512 BF16 or AMX, read from
+torch's own CPU feature check): elsewhere bf16 is emulated and slower than fp32. ``bench/train_speed.py``
+measures the choice; a precision became the CPU default only after its held-out QWK matched fp32's within
+0.01 (docs/recipes.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Precision:
+    amp: bool
+    amp_dtype: str  # "float16" | "bfloat16"
+    channels_last: bool
+    why: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.amp_dtype)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX tiles: torch's CPU feature check, or /proc/cpuinfo where that API is missing."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(c is not None for c in checks):
+        return any(bool(c()) for c in checks if c is not None)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_defaults() -> Precision:
+    if cpu_has_native_bf16():
+        return Precision(True, "bfloat16", True, "CPU with native bf16 (AVX-512 BF16/AMX): bf16 autocast")
+    return Precision(False, "bfloat16", True, "CPU without native bf16: fp32")
+
+
+def resolve(device: torch.device, amp: bool | str = "auto", channels_last: bool | str = "auto",
+            amp_dtype: str = "float16") -> Precision:
+    """The precision and layout a run uses: explicit True/False wins; "auto" follows the device. On the CPU
+    autocast is bf16 whatever ``amp_dtype`` says (CPU fp16 autocast is slower than fp32)."""
+    if device.type == "cuda":
+        auto = Precision(True, amp_dtype, True, "CUDA: fp16 autocast")
+    elif device.type == "cpu":
+        auto = cpu_defaults()
+    else:
+        auto = Precision(False, amp_dtype, False, f"{device.type}: fp32")
+    use_amp = auto.amp if amp == "auto" else bool(amp)
+    layout = auto.channels_last if channels_last == "auto" else bool(channels_last)
+    dtype = amp_dtype if device.type == "cuda" else "bfloat16"
+    return Precision(use_amp, dtype, layout, auto.why)
