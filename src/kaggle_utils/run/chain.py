@@ -376,7 +376,8 @@ def _pseudo_step(cfg: dict[str, Any], work: Path, round_no: int) -> Step:
               "blend_dir": str(work / f"blend{prev}"), "cache_dir": str(first_cache),
               "out_csv": str(work / f"pseudo_round{round_no}.csv"), "round_no": round_no,
               "soft": bool(pseudo.get("soft", True)), "min_distance": float(pseudo.get("min_distance", 0.0))}
-    return Step(f"pseudo:r{round_no}", "pseudo", params, kind="pseudo")
+    inputs = [p for p in (params["test_csv"], params["test_images"]) if p]
+    return Step(f"pseudo:r{round_no}", "pseudo", params, kind="pseudo", inputs=inputs)
 
 
 def test_summary(outputs: dict[str, Any]) -> str:
