@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test demo recipe aptos plan kernel lint bench clean
+.PHONY: venv test demo recipe aptos plan kernel lint bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -44,12 +44,20 @@ plan: $(STAMP)
 kernel: $(STAMP)
 	$(PY) build_kernel.py outputs/demo/runs/lite0 --out outputs/kernel_bundle --verify --plan
 
+# on a CUDA machine: AMP fp16 + GradScaler training, channels_last, TTA inference and DDP (world size 1, nccl)
+# of every architecture in GPU_CONFIG, measured vs planned step times, then its --plan --measure; without CUDA
+# it says so and exits 0
+GPU_CONFIG ?= configs/aptos_p100.yaml
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py --config $(GPU_CONFIG)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench build_kernel.py notebooks/*.py
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/train.py
+	$(PY) bench/train_speed.py
 	$(PY) bench/infer.py
 
 clean:

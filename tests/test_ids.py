@@ -83,7 +83,7 @@ def _train_table(tmp: Path) -> pd.DataFrame:
 
 def _submission(tmp: Path) -> pd.DataFrame:
     path = _csv(tmp / "submission.csv", id_code=IDS, diagnosis=GRADES)
-    verify._check_submission(path, IDS)  # raises when an id went missing on the way in
+    verify.check_submission(path, IDS)  # raises when an id went missing on the way in
     return pd.DataFrame({"id": IDS, "grade": GRADES})
 
 

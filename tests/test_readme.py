@@ -44,6 +44,18 @@ COVERED_ELSEWHERE = {
                                                                  "full chain is make demo's and tests/test_run.py's",
     "python build_kernel.py outputs/demo/runs/lite0": "make kernel (tests/test_kernel.py builds and verifies)",
     "cd outputs/kernel_bundle && kaggle": "Kaggle's own CLI, needs credentials and the network",
+    "python -m kaggle_utils.run configs/aptos_cpu.yaml --plan --measure": "tests/test_measure.py measures a small "
+                                                                          "config (the APTOS data is not on every "
+                                                                          "machine); exit statuses there too",
+    "python build_kernel.py --train configs/kaggle_quickstart.yaml": "tests/test_kernel_train.py runs it as written "
+                                                                     "(the offline smoke run included)",
+    "python build_kernel.py --train configs/aptos_p100.yaml": "tests/test_kernel_train.py builds it (with --attach "
+                                                              "and --weights-dataset); its --verify is the quick "
+                                                              "start's, on three models",
+    "python build_kernel.py outputs/kaggle_train": "tests/test_kernel_train.py, on the smoke run's own output: as "
+                                                   "written, and with --kernel-source --verify",
+    "cd outputs/train_bundle_kaggle_quickstart && kaggle": "Kaggle's own CLI, needs credentials and the network",
+    "kaggle kernels output": "Kaggle's own CLI, needs credentials and the network",
 }
 
 

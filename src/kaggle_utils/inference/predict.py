@@ -263,7 +263,7 @@ def predict_batch(models: Sequence[nn.Module], x_uint8: torch.Tensor, mean: Sequ
     sums = torch.zeros(len(models), x.shape[0], device=device)
     views = 0
     each = []
-    prec = precision.resolve(device)  # training's "auto": fp16 on CUDA, bf16 on a CPU that has it natively
+    prec = precision.resolve(device)  # training's "auto": fp16 on CUDA, fp32 on the CPU
     for view in tta_batches(x, tta, seed):
         # channels-last on CPU too: depthwise/grouped convs run 1.3-2.5x faster there (models are converted
         # in load_run); a batch made from HWC arrays is already laid out so

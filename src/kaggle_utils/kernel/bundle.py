@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_utils import io
+from kaggle_utils.kernel.handover import kernel_source_models
 from kaggle_utils.kernel.image import closure, image_distributions, installed, read_image_list
 from kaggle_utils.kernel.layout import (
     COMPETITION,
@@ -60,6 +61,7 @@ from kaggle_utils.kernel.layout import (
     canonical,
     slugify,
 )
+from kaggle_utils.kernel.pretrained import bundle_weights
 from kaggle_utils.kernel.wheels import build_own_wheel, fetch_wheel, wheel_name
 
 # kaggle-api (kaggle_api_extended.py, docs/datasets_metadata.md): accepted dataset licence names
@@ -136,6 +138,7 @@ class BundleSpec:
     license: str = "CC0-1.0"
     weights: list[str] = field(default_factory=list)
     tta: str = "hflip"
+    kernel_source: str | None = None  # OWNER/SLUG: the runs are that training kernel's output, not in the dataset
     image_list: Path = IMAGE_LIST
     wheel_cache: Path = WHEEL_CACHE
 
@@ -153,17 +156,21 @@ class BundleSpec:
 
 def dataset_metadata(spec: BundleSpec, runs: Sequence[RunInfo]) -> dict[str, Any]:
     lines = [f"- `{r.name}`: {r.model}, {len(r.folds)} fold(s)" for r in runs]
+    models = (f"no checkpoints (the kernel reads them from the training kernel {spec.kernel_source})"
+              if spec.kernel_source else "models/<run>/fold<k>/ checkpoints with their OOF predictions")
     return {"title": spec.dataset_title, "id": spec.dataset_id, "licenses": [{"name": spec.license}],
             "description": "Offline bundle built by kaggle_utils `build_kernel.py`: wheels/ (pip install "
-                           "--no-index --find-links), models/<run>/fold<k>/ checkpoints with their OOF "
-                           "predictions, manifest.json (sha256 of every file).\n\n" + "\n".join(lines) + "\n"}
+                           f"--no-index --find-links), {models}, manifest.json (sha256 of every file).\n\n"
+                           + "\n".join(lines) + "\n"}
 
 
 def kernel_metadata(spec: BundleSpec, code_file: str = "kernel.ipynb") -> dict[str, Any]:
     return {"id": spec.kernel_id, "title": spec.title(), "code_file": code_file, "language": "python",
             "kernel_type": "notebook", "is_private": True, "enable_gpu": True, "enable_tpu": False,
             "enable_internet": False, "dataset_sources": [spec.dataset_id],
-            "competition_sources": [spec.competition], "kernel_sources": [], "model_sources": []}
+            "competition_sources": [spec.competition],
+            "kernel_sources": [spec.kernel_source] if spec.kernel_source else [],
+            "model_sources": []}
 
 
 def validate_dataset_metadata(meta: dict[str, Any], folder: str | os.PathLike | None = None) -> list[str]:
@@ -300,12 +307,22 @@ def file_table(root: Path, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]
     return {p.relative_to(root).as_posix(): {"sha256": sha256(p), "size": p.stat().st_size} for p in files}
 
 
-def _copy(src: Path, dest: Path) -> None:
+def seal(dataset: Path, kernel: Path, head: dict[str, Any]) -> dict[str, Any]:
+    """Write ``dataset/manifest.json``: ``head``, sha256 + size of every dataset and kernel file, and the
+    bundle's identity (the sha256 of that listing)."""
+    files, kfiles = file_table(dataset, skip={MANIFEST}), file_table(kernel)
+    listing = json.dumps([files, kfiles], sort_keys=True).encode()
+    manifest = {**head, "files": files, "kernel_files": kfiles, "bundle_sha256": hashlib.sha256(listing).hexdigest()}
+    io.write_json(dataset / MANIFEST, manifest)
+    return manifest
+
+
+def copy_file(src: Path, dest: Path) -> None:
     with src.open("rb") as fin, io.atomic_write(dest, "wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
-def _clear(out: Path) -> None:
+def clear_out(out: Path) -> None:
     """Empty the parts a build writes, refusing folders that hold anything else."""
     parts = (*PARTS, *OLD_PARTS)
     foreign = sorted(p.name for p in out.iterdir() if p.name not in parts) if out.is_dir() else []
@@ -319,7 +336,7 @@ def _clear(out: Path) -> None:
             path.unlink()
 
 
-def _check_names(spec: BundleSpec) -> None:
+def check_names(spec: BundleSpec) -> None:
     if not spec.owner or not SLUG.match(spec.owner):
         raise BundleError(f"--owner {spec.owner!r} must be your Kaggle user name (lowercase, digits, hyphens)")
     problems = validate_dataset_metadata(dataset_metadata(spec, []))
@@ -329,23 +346,44 @@ def _check_names(spec: BundleSpec) -> None:
 
 
 def resolve_bundle(spec: BundleSpec, runs: Sequence[RunInfo]) -> dict[str, Any]:
-    """Which distributions go into wheels/: the closure of kaggle_utils and the runs' model packages, minus
-    the Kaggle image's closure. Returns {bundle: {name: needed-by}, image: [...], missing: [...]}."""
+    """Which distributions go into wheels/ for these runs (:func:`resolve_wheels` of their model packages)."""
+    return resolve_wheels(spec.image_list, {r.package for r in runs})
+
+
+def resolve_wheels(image_list: Path, packages: Iterable[str]) -> dict[str, Any]:
+    """The closure of kaggle_utils and ``packages`` (model packages), minus the Kaggle image's closure: one
+    rule for the submission and the training bundle. Returns {bundle: {name: needed-by}, image: [...], ...}."""
     dists = installed()
-    image_names = read_image_list(spec.image_list)
+    image_names = read_image_list(image_list)
     image, image_missing = image_distributions(image_names, dists)
     own = dists.get(OWN)
     if own is None:
         raise BundleError("kaggle_utils is not installed in this environment (pip install -e .)")
-    roots = [OWN, *sorted({r.package for r in runs})]
+    roots = [OWN, *sorted(set(packages))]
     need, missing = closure(roots, dists, stop=image)
     bundle = {n: p for n, p in need.items() if n not in image}
     missing = [m for m in missing if m not in image]
     if missing:
         raise BundleError(f"needed but not installed here, so no version to bundle: {missing}; "
-                          f"install them (requirements.txt) or add them to {spec.image_list}")
+                          f"install them (requirements.txt) or add them to {image_list}")
     return {"bundle": bundle, "image": sorted(n for n in need if n in image),
             "image_not_installed_here": image_missing, "versions": {n: dists[n].version for n in bundle}}
+
+
+def write_wheels(plan: dict[str, Any], wheels_dir: Path, cache: Path) -> list[dict[str, Any]]:
+    """kaggle_utils built from this checkout and every other wheel of ``plan`` copied from ``cache``."""
+    wheels_dir.mkdir(parents=True)
+    bundled = []
+    for name in sorted(plan["bundle"]):
+        if name == OWN:
+            path = build_own_wheel(wheels_dir)
+        else:
+            cached = fetch_wheel(name, plan["versions"][name], cache)
+            path = wheels_dir / cached.name
+            copy_file(cached, path)
+        bundled.append({"name": name, "version": wheel_name(path)[1], "file": f"wheels/{path.name}",
+                        "size": path.stat().st_size, "needed_by": plan["bundle"][name] or "kernel"})
+    return bundled
 
 
 def _check_runs_outside(runs: Sequence[Path], out: Path) -> None:
@@ -359,7 +397,7 @@ def _check_runs_outside(runs: Sequence[Path], out: Path) -> None:
 def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
     """Write the dataset and kernel folders; returns the build report (also written to ``out``)."""
     say = print if progress else (lambda *a, **k: None)
-    _check_names(spec)
+    check_names(spec)
     _check_runs_outside(spec.runs, Path(spec.out))
     runs = [inspect_run(r) for r in spec.runs]
     names = [r.name for r in runs]
@@ -367,32 +405,25 @@ def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
         raise BundleError(f"run folder names must be unique (they become models/<run>): {names}")
     plan = resolve_bundle(spec, runs)
     out = Path(spec.out)
-    _clear(out)
+    clear_out(out)
     dataset, kernel = out / "dataset", out / "kernel"
 
     say(f"[kernel] wheels: kaggle_utils (built here) + {sorted(set(plan['bundle']) - {OWN}) or 'nothing else'}")
-    wheels_dir = dataset / "wheels"
-    wheels_dir.mkdir(parents=True)
-    bundled = []
-    for name in sorted(plan["bundle"]):
-        if name == OWN:
-            path = build_own_wheel(wheels_dir)
-        else:
-            cached = fetch_wheel(name, plan["versions"][name], spec.wheel_cache)
-            path = wheels_dir / cached.name
-            _copy(cached, path)
-        bundled.append({"name": name, "version": wheel_name(path)[1], "file": f"wheels/{path.name}",
-                        "size": path.stat().st_size, "needed_by": plan["bundle"][name] or "kernel"})
+    bundled = write_wheels(plan, dataset / "wheels", spec.wheel_cache)
 
-    for run in runs:
-        for fold in run.folds:
-            for f in MODEL_FILES:
-                _copy(fold / f, dataset / "models" / run.name / fold.name / f)
-    weights = _bundle_weights(spec.weights, dataset / "weights")
+    models_dir, local_models = f"/kaggle/input/{spec.dataset_slug}/models", None
+    if spec.kernel_source:  # the kernel reads the training kernel's output, mounted as a kernel source
+        models_dir, local_models = kernel_source_models(spec.runs, spec.kernel_source)
+    else:
+        for run in runs:
+            for fold in run.folds:
+                for f in MODEL_FILES:
+                    copy_file(fold / f, dataset / "models" / run.name / fold.name / f)
+    weights = bundle_weights(spec.weights, dataset / "weights")[0]
 
     packages = ["kaggle_utils"] + sorted(n for n in plan["bundle"] if n != OWN)
     install = {"DATASET": spec.dataset_slug, "PACKAGES": packages}
-    params = {"models_dir": f"/kaggle/input/{spec.dataset_slug}/models",
+    params = {"models_dir": models_dir,
               "test_csv": f"/kaggle/input/{spec.competition}/test.csv",
               "test_images": f"/kaggle/input/{spec.competition}/test_images", "tta": spec.tta}
     io.write_text(kernel / "kernel.ipynb", render_notebook(install, params))
@@ -405,12 +436,9 @@ def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
         if problems:
             raise BundleError(f"{what} metadata invalid: {problems}")
 
-    files = file_table(dataset, skip={MANIFEST})
-    kfiles = file_table(kernel)
-    listing = json.dumps([files, kfiles], sort_keys=True).encode()
-    manifest = {"dataset": spec.dataset_id, "kernel": spec.kernel_id, "competition": spec.competition,
-                "files": files, "kernel_files": kfiles, "bundle_sha256": hashlib.sha256(listing).hexdigest()}
-    io.write_json(dataset / MANIFEST, manifest)
+    manifest = seal(dataset, kernel, {"dataset": spec.dataset_id, "kernel": spec.kernel_id,
+                                      "competition": spec.competition})
+    files, kfiles = manifest["files"], manifest["kernel_files"]
 
     def size(prefix: str, table: dict[str, dict[str, Any]]) -> int:
         return sum(v["size"] for k, v in table.items() if k.startswith(prefix))
@@ -430,26 +458,11 @@ def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
         "upload": ["kaggle datasets create -p dataset --dir-mode tar", "kaggle kernels push -p kernel"],
         "verify_emulation": EMULATION,
     }
+    if local_models is not None:
+        report["kernel_source"] = {"kernel": spec.kernel_source, "models_dir": models_dir, "local": str(local_models)}
     io.write_json(out / REPORT, report)
     say(format_sizes(report))
     return report
-
-
-def _bundle_weights(names: Sequence[str], dest: Path) -> list[dict[str, Any]]:
-    """Only on request: ImageNet weights (for training on Kaggle), verified, with their manifest entries."""
-    if not names:
-        return []
-    from kaggle_utils.models import weights
-
-    manifest = weights.load_manifest()
-    entries, out = {}, []
-    for name in names:
-        path = weights.resolve_weights(name)
-        _copy(path, dest / path.name)
-        entries[name] = {**manifest[name], "file": path.name}
-        out.append({"name": name, "file": f"weights/{path.name}", "size": path.stat().st_size})
-    io.write_json(dest / "manifest.json", entries)
-    return out
 
 
 def _mb(n: int) -> str:
@@ -465,7 +478,9 @@ def format_sizes(report: dict[str, Any]) -> str:
              + (report["weights"] if isinstance(report["weights"], str) else
                 ", ".join(w["file"] for w in report["weights"])),
              f"  models   {_mb(s['models'])}  " + ", ".join(f"{m['run']} ({m['model']}, {len(m['folds'])} folds)"
-                                                     for m in report["models"]),
+                                                     for m in report["models"])
+             + (f" -- not copied: read from kernel source {ks['kernel']} at {ks['models_dir']}"
+                if (ks := report.get("kernel_source")) else ""),
              f"  kernel   {_mb(s['kernel'])}  kernel.ipynb + kernel-metadata.json",
              f"  metadata {_mb(s['metadata'])}  dataset-metadata.json + manifest.json",
              f"  not bundled (assumed on the Kaggle image, {report['image_list']}): "

@@ -12,6 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 IMAGE_LIST = REPO_ROOT / "configs" / "kaggle_image.txt"
 WHEEL_CACHE = REPO_ROOT / "wheels"
 NOTEBOOK = REPO_ROOT / "notebooks" / "kernel.py"
+TRAIN_NOTEBOOK = REPO_ROOT / "notebooks" / "train_kernel.py"  # the training kernel (build_kernel.py --train)
+CHAIN_NOTEBOOKS = ("preprocess", "train", "infer", "blend")  # what the chain runs: the training bundle ships them
 COMPETITION = "aptos2019-blindness-detection"
 
 

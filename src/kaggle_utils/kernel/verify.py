@@ -34,6 +34,7 @@ from kaggle_utils.kernel.layout import (
     IMAGE_LIST,
     INPUT_ENV,
     MANIFEST,
+    REPORT,
     VERIFY_REPORT,
     VerifyError,
     canonical,
@@ -236,7 +237,7 @@ def _notebook_errors(path: Path) -> str:
 
 
 @dataclass
-class _Image:
+class EmulatedImage:
     """The emulated Kaggle image: a fresh venv, what it sees, how the network is cut."""
 
     python: Path
@@ -247,7 +248,7 @@ class _Image:
     probe: str
 
 
-def _emulate_image(root: Path, kaggle: Path, python: str | None, network: str, image_list: Path) -> _Image:
+def emulate_image(root: Path, kaggle: Path, python: str | None, network: str, image_list: Path) -> EmulatedImage:
     """A fresh venv seeing exactly the image's distributions of this environment, private dirs, no network."""
     venv = root / "venv"
     base = python or _base_python()
@@ -283,27 +284,35 @@ def _emulate_image(root: Path, kaggle: Path, python: str | None, network: str, i
     probe = subprocess.run(_offline([str(vpy), "-c", PROBE], method), capture_output=True, text=True, env=env)
     if probe.returncode != 0 or not probe.stdout.startswith("blocked"):
         raise VerifyError("network", f"could not cut the network with {method}: {probe.stdout}{probe.stderr[-500:]}")
-    return _Image(vpy, site, env, linked, method, probe.stdout.strip())
+    return EmulatedImage(vpy, site, env, linked, method, probe.stdout.strip())
 
 
-def _run_kernel(out: Path, kaggle: Path, slug: str, competition: str, image: _Image, timeout: int) -> None:
+def _run_kernel(out: Path, kaggle: Path, models_dir: Path, competition: str, image: EmulatedImage, timeout: int) -> None:
     """papermill runs the bundle's kernel notebook in the emulated image, offline, with Kaggle's paths."""
-    executed = kaggle.parent / "kernel.out.ipynb"
-    params = {"models_dir": str(kaggle / "input" / slug / "models"),
+    params = {"models_dir": str(models_dir),
               "test_csv": str(kaggle / "input" / competition / "test.csv"),
               "test_images": str(kaggle / "input" / competition / "test_images"),
               "out_dir": str(kaggle / "working"), "device": "cpu", "batch_size": 4, "workers": 2}
-    cmd = [str(image.python), "-m", "papermill", str(out / "kernel" / "kernel.ipynb"), str(executed), "-k",
-           "kaggle-verify", "--cwd", str(kaggle / "working"), "--no-progress-bar", "--execution-timeout",
+    run_notebook(out / "kernel" / "kernel.ipynb", kaggle.parent / "kernel.out.ipynb", params, kaggle / "working",
+                 image, timeout)
+
+
+def run_notebook(notebook: Path, executed: Path, params: dict[str, Any], cwd: Path, image: EmulatedImage,
+                 timeout: int) -> str:
+    """papermill runs ``notebook`` in the emulated image, offline; returns what it printed. A failure is a
+    :class:`VerifyError` naming the missing wheel or file, else the failing cell; an install that only got
+    through with ``--no-deps`` fails too (it would run on Kaggle, but the bundle has a gap)."""
+    cmd = [str(image.python), "-m", "papermill", str(notebook), str(executed), "-k",
+           "kaggle-verify", "--cwd", str(cwd), "--no-progress-bar", "--execution-timeout",
            str(timeout), "-y", json.dumps(params)]
     try:
         proc = subprocess.run(_offline(cmd, image.network), capture_output=True, text=True, env=image.env,
                               timeout=timeout + 120)
     except subprocess.TimeoutExpired as err:
         raise VerifyError("kernel run", f"the notebook ran past {timeout + 120} s; see {executed}") from err
-    fallback = _stream_text(executed)
-    if proc.returncode == 0 and FALLBACK in fallback:  # it would run on Kaggle, but the bundle has a gap
-        raise VerifyError("kernel install", f"{_diagnose(fallback) or 'pip could not resolve'}; the notebook only "
+    printed = _stream_text(executed)
+    if proc.returncode == 0 and FALLBACK in printed:
+        raise VerifyError("kernel install", f"{_diagnose(printed) or 'pip could not resolve'}; the notebook only "
                                             f"got through with --no-deps (executed notebook: {executed})")
     if proc.returncode:
         text = proc.stdout + proc.stderr + "\n" + _notebook_errors(executed)
@@ -311,9 +320,10 @@ def _run_kernel(out: Path, kaggle: Path, slug: str, competition: str, image: _Im
         where = cell[0] if cell else "papermill"
         raise VerifyError("kernel run", f"{_diagnose(text) or where}\n(executed notebook: {executed})\n"
                                         f"{text[-1500:]}")
+    return printed
 
 
-def _installed_from_bundle(image: _Image, manifest: dict) -> list[str]:
+def installed_from_bundle(image: EmulatedImage, manifest: dict) -> list[str]:
     """What the kernel installed into the venv besides the image: exactly the bundle's wheels, or an error."""
     listing = subprocess.run([str(image.python), "-c", "import json, importlib.metadata as m, sys; print(json.dumps("
                               "[(d.metadata['Name'], str(d.locate_file(''))) for d in m.distributions()]))"],
@@ -371,27 +381,40 @@ def _verify_in(root: Path, out: Path, images: Sequence[str | os.PathLike] | None
     (kaggle / "input").mkdir(parents=True)
     (kaggle / "working").mkdir()
     (kaggle / "input" / slug).symlink_to(out / "dataset", target_is_directory=True)
+    models_dir = _link_kernel_source(out, kaggle) or kaggle / "input" / slug / "models"
     ids, test_set = prepare_test_set(kaggle / "input" / competition, data, images, n_images, limit)
     say(f"[verify] test set: {test_set}")
     seconds["manifest+layout"] = time.time() - t
 
     t = time.time()
-    image = _emulate_image(root, kaggle, python, network, image_list)
+    image = emulate_image(root, kaggle, python, network, image_list)
     seconds["venv+image"] = time.time() - t
     say(f"[verify] venv {root / 'venv'} sees {len(image.linked)} image distributions; network: {image.network} "
         f"({image.probe})")
 
     t = time.time()
-    _run_kernel(out, kaggle, slug, competition, image, timeout if timeout is not None else 900 + 2 * len(ids))
+    _run_kernel(out, kaggle, models_dir, competition, image, timeout if timeout is not None else 900 + 2 * len(ids))
     seconds["kernel run"] = time.time() - t
 
     t = time.time()
-    _check_submission(kaggle / "working" / "submission.csv", ids)
-    ours = _installed_from_bundle(image, manifest)
+    check_submission(kaggle / "working" / "submission.csv", ids)
+    ours = installed_from_bundle(image, manifest)
     seconds["checks"] = time.time() - t
     return VerifyReport(True, image.network, {k: round(v, 1) for k, v in seconds.items()}, str(root),
                         str(kaggle / "working" / "submission.csv"), len(ids), image.linked, ours, test_set,
                         image.probe)
+
+
+def _link_kernel_source(out: Path, kaggle: Path) -> Path | None:
+    """A bundle that reads its runs from the training kernel's output (``--kernel-source``): the local copy
+    the build read stands in for ``/kaggle/input/<kernel-slug>/...``; returns where the kernel reads them."""
+    source = (io.read_json(out / REPORT) if (out / REPORT).is_file() else {}).get("kernel_source")
+    if not source:
+        return None
+    mounted = kaggle / Path(source["models_dir"]).relative_to("/kaggle")
+    mounted.parent.mkdir(parents=True, exist_ok=True)
+    mounted.symlink_to(Path(source["local"]).resolve(), target_is_directory=True)
+    return mounted
 
 
 def _base_python() -> str:
@@ -405,7 +428,7 @@ def _base_python() -> str:
     return getattr(sys, "_base_executable", sys.executable)
 
 
-def _check_submission(path: Path, ids: Sequence[str]) -> None:
+def check_submission(path: Path, ids: Sequence[str]) -> None:
     import pandas as pd
 
     if not path.is_file():

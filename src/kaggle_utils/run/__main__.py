@@ -1,6 +1,7 @@
 """Run the whole chain from one YAML config (``--plan``: print the steps and their times, run nothing).
 
-    python -m kaggle_utils.run configs/demo.yaml [--workdir DIR] [--budget-hours H] [--plan] [--overwrite]
+    python -m kaggle_utils.run configs/demo.yaml [--workdir DIR] [--budget-hours H] [--plan [--measure]]
+                                                 [--overwrite]
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from kaggle_utils.run.chain import (
 from kaggle_utils.run.config import load_config
 
 
-def _print_plan(config: str, workdir: str | None, budget_hours: float | None) -> int:
+def _print_plan(config: str, workdir: str | None, budget_hours: float | None, measure: bool = False) -> int:
+    """Exit status 0, or with ``measure`` 3 when the measured total exceeds the budget (the training kernel
+    runs this first and stops on 3); 2 for a config error."""
     from kaggle_utils.data.labels import SourceError
     from kaggle_utils.run.estimate import describe, format_plan
 
@@ -35,8 +38,24 @@ def _print_plan(config: str, workdir: str | None, budget_hours: float | None) ->
     except (OSError, ValueError, SourceError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
+    if not measure:
+        print(format_plan(rows, facts))
+        return 0
+    from kaggle_utils.run.measure import measure as measure_steps
+    from kaggle_utils.run.measure import verdict
+
+    try:
+        measure_steps(cfg, rows, facts)
+    except (OSError, ValueError) as err:  # e.g. no sample image to measure on
+        print(f"error: cannot measure: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\n[measure] interrupted", file=sys.stderr)
+        return 130
     print(format_plan(rows, facts))
-    return 0
+    line, fits = verdict(facts)
+    print(line, file=sys.stdout if fits else sys.stderr)
+    return 0 if fits else 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,13 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help="print every step, what it trains on and its estimated time here and on a P100; "
                              "run nothing")
+    parser.add_argument("--measure", action="store_true",
+                        help="with --plan: time a few real training steps of every model, preprocessing and "
+                             "inference on this machine's device (CUDA, else CPU) and print the measured times "
+                             "beside the estimates; exit status 3 when the measured total exceeds the budget")
     parser.add_argument("--overwrite", action="store_true",
                         help="training steps that run start afresh, discarding a run with other settings in "
                              "their out_dir (instead of stopping with a settings mismatch)")
     args = parser.parse_args(argv)
     budget = None if args.budget_hours is None else args.budget_hours * 3600
-    if args.plan:
-        return _print_plan(args.config, args.workdir, args.budget_hours)
+    if args.plan or args.measure:
+        return _print_plan(args.config, args.workdir, args.budget_hours, args.measure)
     from kaggle_utils.data.labels import SourceError
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops it the way Ctrl-C does

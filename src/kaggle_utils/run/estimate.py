@@ -128,40 +128,60 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
     views = tta_views(str(infer_cfg.get("tta", "none")))
     rows: list[dict[str, Any]] = []
     steps = chain.plan(config.load_config(cfg, plan_only=True), workdir)
+    recipes: dict[str, dict[str, Any]] = {}  # cache folder -> its recipe (what the model's steps read)
     for step in steps:
         p = step.params
         if step.notebook == "preprocess":
             n = sum(counts.values())
-            per = _preprocess_s(table, specs, {k: v for k, v in p.items() if k in _PRE_KEYS})
+            recipes[p["out_dir"]] = {k: v for k, v in p.items() if k in _PRE_KEYS}
+            per = _preprocess_s(table, specs, recipes[p["out_dir"]])
             here = sum(per[s.name] * counts.get(s.name, 0) for s in specs) / max(1, int(p.get("workers", 1)))
             kaggle = here * max(1, int(p.get("workers", 1))) / KAGGLE_LOADER_WORKERS
             rows.append({"step": step.name, "stage": "data", "trains_on": ", ".join(
                 f"{s.name} ({s.role}{', resize only' if s.preprocessed else ''}) {counts.get(s.name, 0)}"
-                for s in specs), "rows": f"{n}", "here_s": here, "p100_s": kaggle})
+                for s in specs), "rows": f"{n}", "here_s": here, "p100_s": kaggle,
+                "work": {"kind": "preprocess", "base": {k: v for k, v in p.items() if k in _PRE_KEYS},
+                         "workers": max(1, int(p.get("workers", 1)))}})
             continue
         if step.notebook == "train":
             rows.append(_train_row(step, p, specs, counts, n_comp, n_folds, val_fraction))
+            rows[-1]["work"]["preprocess"] = recipes.get(p.get("cache_dir", ""), {})
             continue
         if step.notebook == "infer":
             here = p100 = 0.0
+            runs = []
             for name in (Path(d).name for d in p["run_dirs"]):
-                m = models[name]
+                m = {**(cfg.get("train") or {}), **models[name]}
                 folds = len(m.get("folds") or range(n_folds))
                 cost = Cost(forward_gflop(m["model"], m.get("head", "regression"), int(m.get("size", 224))))
                 fam = model_family(m["model"])
                 fwd = n_test * folds * views + (n_comp * views if infer_cfg.get("oof_tta") else 0)
                 here += cost.here(fam, 0, fwd, int(m.get("size", 224)))
                 p100 += cost.p100(fam, 0, fwd, int(m.get("size", 224)))
+                runs.append({"model": m["model"], "head": m.get("head", "regression"), "pool": m.get("pool", "avg"),
+                             "size": int(m.get("size", 224)), "folds": folds,
+                             "preprocess": {**(cfg.get("preprocess") or {}), **(m.get("preprocess") or {})}})
             oof = f" + OOF x{views}" if infer_cfg.get("oof_tta") else ""
             rows.append({"step": step.name, "stage": "inference", "trains_on": f"TTA {infer_cfg.get('tta', 'none')}",
-                         "rows": f"{n_test} test{oof}", "here_s": here, "p100_s": p100})
+                         "rows": f"{n_test} test{oof}", "here_s": here, "p100_s": p100,
+                         "work": {"kind": "infer", "runs": runs, "n_test": n_test, "views": views,
+                                  "tta": str(infer_cfg.get("tta", "none")),
+                                  "n_oof": n_comp if infer_cfg.get("oof_tta") else 0,
+                                  "batch_size": int(infer_cfg.get("batch_size", 32))}})
             continue
         rows.append({"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
                      "p100_s": 10.0})
     facts = {"skipped_rows": len(skipped), "counts": counts, "n_comp": n_comp, "n_test": n_test,
              "elsewhere": elsewhere, "warnings": _test_warnings(test),
-             "budget_s": float(cfg.get("budget_hours", 9)) * 3600}
+             "budget_s": float(cfg.get("budget_hours", 9)) * 3600,
+             "samples": {s.name: _samples(table, s) for s in specs}}
     return rows, facts
+
+
+def _samples(table: pd.DataFrame, spec: Any, n: int = 8) -> list[str]:
+    """A few of the source's own images (spread over its rows), or stand-ins when it is not on this machine."""
+    paths = table.loc[table["dataset"] == spec.name, "path"].tolist()
+    return paths[:: max(1, len(paths) // n)][:n] if paths else _stand_ins(spec)[:n]
 
 
 def _test_warnings(test: dict[str, Any]) -> list[str]:
@@ -212,34 +232,48 @@ def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str,
     if p.get("sampler_rates"):
         extras.append("rates " + ":".join(f"{r:g}" for r in p["sampler_rates"]))
     return {"step": step.name, "stage": stage, "trains_on": on + " | " + ", ".join(extras),
-            "rows": f"~{train} train / ~{val} val", "here_s": cost.here(*args), "p100_s": cost.p100(*args)}
+            "rows": f"~{train} train / ~{val} val", "here_s": cost.here(*args), "p100_s": cost.p100(*args),
+            "work": {"kind": "train", "params": p, "epochs": epochs, "per_epoch": per_epoch, "val": val}}
 
 
-def _hm(s: float) -> str:
+def hm(s: float) -> str:
     m = int(round(s / 60))
     return f"{m // 60}h{m % 60:02d}" if m >= 60 else f"{max(s, 0) / 60:.1f}m" if s < 600 else f"{m}m"
 
 
 def format_plan(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
+    """The plan as a table; with ``--measure`` (rows carry ``measured_s``) a column of measured times beside the
+    estimates, and the budget verdict on the measured total."""
+    measured = facts.get("measured")
     wide = max(len(r["step"]) for r in rows)
-    head = f"{'step':<{wide}}  {'stage':<19}  {'rows':<24}  {'here':>6}  {'P100':>6}  what"
+    extra = f"  {'measured':>8}" if measured else ""
+    head = f"{'step':<{wide}}  {'stage':<19}  {'rows':<24}  {'here':>6}  {'P100':>6}{extra}  what"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['step']:<{wide}}  {r['stage']:<19}  {r['rows']:<24}  {_hm(r['here_s']):>6}  "
-                     f"{_hm(r['p100_s']):>6}  {r['trains_on']}")
+        cell = f"  {hm(r['measured_s']):>8}" if measured else ""
+        lines.append(f"{r['step']:<{wide}}  {r['stage']:<19}  {r['rows']:<24}  {hm(r['here_s']):>6}  "
+                     f"{hm(r['p100_s']):>6}{cell}  {r['trains_on']}")
     here, p100 = sum(r["here_s"] for r in rows), sum(r["p100_s"] for r in rows)
     budget = facts["budget_s"]
+    totals = [(here, "here"), (p100, "on a P100")]
+    if measured:
+        totals.append((sum(r["measured_s"] for r in rows), f"measured on {measured['device']}"))
     lines += ["-" * len(head),
-              f"total: {_hm(here)} here (2 CPU cores), {_hm(p100)} on a Kaggle P100; budget {_hm(budget)}: "
-              + ", ".join(f"{'fits' if t <= budget else 'past it by ' + _hm(t - budget)} {where}"
-                          for t, where in ((here, "here"), (p100, "on a P100"))),
+              f"total: {hm(here)} here (2 CPU cores), {hm(p100)} on a Kaggle P100"
+              + (f", {hm(totals[2][0])} measured on {measured['device']}" if measured else "")
+              + f"; budget {hm(budget)}: "
+              + ", ".join(f"{'fits' if t <= budget else 'past it by ' + hm(t - budget)} {where}"
+                          for t, where in totals),
               *([f"not on this machine: {', '.join(facts['elsewhere'])} (declared rows; preprocessing timed on "
                  "stand-in originals from ../shared/data/raw)"] if facts["elsewhere"] else []),
               f"{facts['skipped_rows']} label row(s) will be skipped (bad grade or missing image); folds and "
               "duplicates are made by the preprocess step, so '~' counts are before duplicate removal.",
               "Times: counted FLOPs x measured CPU rates here; P100 from its peak and kernel_plan's achieved "
-              "fractions, not measured on a GPU."]
+              "fractions, not measured on a GPU."
+              + (" Measured: real steps on this machine (below)." if measured else "")]
+    if measured:
+        lines += measured["lines"]
     lines += [f"WARNING: {w}" for w in facts.get("warnings", [])]
     if p100 > 9 * 3600:
-        lines.append(f"WARNING: {_hm(p100)} is past Kaggle's 9 h limit on a P100")
+        lines.append(f"WARNING: {hm(p100)} is past Kaggle's 9 h limit on a P100")
     return "\n".join(lines)

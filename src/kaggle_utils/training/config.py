@@ -73,7 +73,7 @@ class TrainConfig:
     # runtime
     seed: int = 0
     device: str = "auto"
-    amp: bool | str = "auto"  # auto: fp16 on CUDA, bf16 on a CPU with native bf16 (training/precision.py)
+    amp: bool | str = "auto"  # auto: fp16 on CUDA, off on the CPU (true there: bf16; training/precision.py)
     amp_dtype: str = "float16"
     channels_last: bool | str = "auto"  # auto: on CUDA and on the CPU
     deterministic: bool | str = "auto"  # auto: on CPU (bit-exact resume); CUDA gets cudnn.benchmark speed

@@ -15,7 +15,7 @@ validation predictions so every rank takes the same early-stopping/deadline deci
 run saves a resumable last.pt (best.pt/oof.csv are already on disk from the best epoch so far) and returns with
 status "deadline". On CUDA the defaults turn on AMP (fp16 + GradScaler), channels_last and cudnn.benchmark
 (``deterministic="auto"``), so a resumed GPU run is close to, not bit-identical with, an uninterrupted one. On
-the CPU they turn on channels_last, and bf16 autocast where the CPU has native bf16 (training/precision.py).
+the CPU they turn on channels_last; ``amp: true`` there means bf16 autocast (training/precision.py).
 """
 
 from __future__ import annotations

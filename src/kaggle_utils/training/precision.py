@@ -1,11 +1,12 @@
 """What ``amp="auto"`` and ``channels_last="auto"`` mean on the device at hand, for training and inference.
 
 CUDA: fp16 autocast (with a GradScaler in training) and channels_last, as every GPU recipe does. CPU:
-channels_last always (oneDNN's convolutions run NHWC natively; contiguous tensors get reordered around every
-convolution), and bf16 autocast only where the CPU computes bf16 natively (AVX-512 BF16 or AMX, read from
-torch's own CPU feature check): elsewhere bf16 is emulated and slower than fp32. ``bench/train_speed.py``
-measures the choice; a precision became the CPU default only after its held-out QWK matched fp32's within
-0.01 (docs/recipes.md).
+channels_last (oneDNN's convolutions run NHWC natively; contiguous tensors are reordered around every
+convolution: Lite0 at 224 trains 1.85x faster here) in fp32. bf16 autocast (``amp: true`` on the CPU) is
+opt-in: on this AVX-512 BF16 machine it trained Lite0 1.17x faster at 224 px but slower at 128 px, and its
+held-out QWK differed from fp32's by more than 0.01 on one of the two measures (docs/recipes.md,
+``bench/train_speed.py``, ``configs/precision_check.yaml``). On a CPU without native bf16 (no AVX-512 BF16 or
+AMX) it is emulated and slower still.
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cpu_defaults() -> Precision:
-    if cpu_has_native_bf16():
-        return Precision(True, "bfloat16", True, "CPU with native bf16 (AVX-512 BF16/AMX): bf16 autocast")
-    return Precision(False, "bfloat16", True, "CPU without native bf16: fp32")
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return Precision(False, "bfloat16", True, f"CPU ({bf16}): fp32, channels_last; bf16 autocast with amp: true")
 
 
 def resolve(device: torch.device, amp: bool | str = "auto", channels_last: bool | str = "auto",
