@@ -14,22 +14,20 @@ submission bundle accepts, and only the bundle's wheels installed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kaggle_utils import io
-from kaggle_utils.kernel.layout import EMULATION, IMAGE_LIST, MANIFEST, REPO_ROOT, VERIFY_REPORT, VerifyError
+from kaggle_utils.kernel.layout import IMAGE_LIST, MANIFEST, REPO_ROOT, VerifyError
 from kaggle_utils.kernel.training import model_needs, read_config, smoke_config, source_dicts
 from kaggle_utils.kernel.verify import (
-    check_manifest,
     check_submission,
     emulate_image,
+    in_workspace,
     installed_from_bundle,
     run_notebook,
 )
@@ -222,23 +220,8 @@ def verify_training(out: str | os.PathLike, python: str | None = None, network: 
     :class:`VerifyError` naming the step; the temp workspace is kept after a failure (the error names it).
     Only ``verify_report.json`` is written to ``out``."""
     say = print if progress else (lambda *a, **k: None)
-    out = Path(out).resolve()
-    problems = check_manifest(out)
-    if problems:
-        raise VerifyError("manifest", "; ".join(problems[:10]))
-    root = Path(tempfile.mkdtemp(prefix="kaggle_utils_train_verify_"))
-    try:
-        report = _verify_in(root, out, python, network, timeout, image_list, say, plan)
-    except VerifyError as err:
-        raise VerifyError(err.step, f"{err.detail}\n(verify workspace kept for inspection: {root})") from err
-    if not keep:
-        shutil.rmtree(root, ignore_errors=True)
-    report.kept = keep
-    manifest = io.read_json(out / "dataset" / MANIFEST)
-    io.write_json(out / VERIFY_REPORT, {**dataclasses.asdict(report), "bundle_sha256": manifest["bundle_sha256"],
-                                        "emulation": EMULATION})
-    say(report.summary())
-    return report
+    return in_workspace(out, "kaggle_utils_train_verify_", keep, say, lambda root, bundle: _verify_in(
+        root, bundle, python, network, timeout, image_list, say, plan))
 
 
 def _verify_in(root: Path, out: Path, python: str | None, network: str, timeout: int, image_list: Path,

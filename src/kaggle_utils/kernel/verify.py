@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,13 +350,22 @@ def verify(out: str | os.PathLike, images: Sequence[str | os.PathLike] | None = 
     defaults to 900 + 2 per test image. Only ``verify_report.json`` is written to ``out``.
     """
     say = print if progress else (lambda *a, **k: None)
+    return in_workspace(out, "kaggle_utils_verify_", keep, say, lambda root, bundle: _verify_in(
+        root, bundle, images, n_images, python, network, timeout, image_list, say, data, limit))
+
+
+def in_workspace(out: str | os.PathLike, prefix: str, keep: bool, say: Any,
+                 run: Callable[[Path, Path], Any]) -> Any:
+    """Both bundles' verify frame: check the manifest, ``run(root, out)`` in a temp workspace (never inside
+    ``out``, whose folders get uploaded; kept after a failure, which names it, and with ``keep``), then write
+    ``verify_report.json`` into ``out`` and print the report's summary."""
     out = Path(out).resolve()
     problems = check_manifest(out)
     if problems:
         raise VerifyError("manifest", "; ".join(problems[:10]))
-    root = Path(tempfile.mkdtemp(prefix="kaggle_utils_verify_"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        report = _verify_in(root, out, images, n_images, python, network, timeout, image_list, say, data, limit)
+        report = run(root, out)
     except VerifyError as err:
         raise VerifyError(err.step, f"{err.detail}\n(verify workspace kept for inspection: {root})") from err
     if not keep:

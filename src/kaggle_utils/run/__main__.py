@@ -15,7 +15,6 @@ from pathlib import Path
 from kaggle_utils.run.chain import (
     BudgetExceeded,
     Interrupted,
-    StepFailed,
     problem_counts,
     run_chain,
     test_summary,
@@ -95,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, SourceError) as err:  # the config: checked before any step runs
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    except StepFailed as err:  # the exception's last lines and where the whole traceback is
+    except RuntimeError as err:  # StepFailed: the exception's last lines and where its traceback is
         print(f"error: {err}", file=sys.stderr)
         return 1
     outputs = log.get("outputs", {})

@@ -43,7 +43,7 @@ class TrainUnit:
     step_s: float  # one optimiser step, its batch's loading included
     steps: int  # how many were timed (the median's)
     val_img_s: float  # validation pass per image (loader, forward, loss)
-    epoch_end_s: float  # last.pt + tables + best.pt + thresholds + oof.csv, for a validation fold of ``val``
+    epoch_end_s: float  # last.pt + epoch tables + best.pt + oof.csv (thresholds: Measurer.thresholds_s)
     setup_s: float  # building the Trainer (model, datasets, loaders, optimiser)
     est_step_s: float  # the FLOP estimate of one step here, for comparison
     thresholds_s: Callable[[int], float]
@@ -433,6 +433,7 @@ def measure(cfg: dict[str, Any], rows: list[dict[str, Any]], facts: dict[str, An
             say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Adds ``measured_s`` to every row and ``facts["measured"]`` (device, total, lines for the table)."""
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    busy = _load()  # before this process adds its own
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kaggle_utils_measure_") as tmp:
         m = Measurer(cfg, facts, Path(tmp), say)
@@ -440,15 +441,24 @@ def measure(cfg: dict[str, Any], rows: list[dict[str, Any]], facts: dict[str, An
         for row in rows:
             row["measured_s"] = m.row_s(row)
     total = sum(r["measured_s"] for r in rows)
+    lines = _unit_lines(m, time.perf_counter() - t0)
+    cores = os.cpu_count() or 1
+    if m.dev.type == "cpu" and busy > 0.5 * cores:
+        lines.append(f"WARNING: the machine was busy when measuring began (load average {busy:.1f} on {cores} "
+                     "cores): other processes slow every step, several-fold on a CPU; measure again when it is "
+                     "idle, or read the times as what this load would give")
     facts["measured"] = {"device": device_name(m.dev), "total_s": total, "seconds": time.perf_counter() - t0,
-                         "lines": _unit_lines(m, time.perf_counter() - t0)}
+                         "load_before": busy, "lines": lines}
     return facts["measured"]
+
+
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def _unit_lines(m: Measurer, took: float) -> list[str]:
     """What was measured, each beside the FLOP estimate of the same unit here."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [f"measured in {took:.0f} s on {device_name(m.dev)} (load average {load:.1f}); notebook start "
+    lines = [f"measured in {took:.0f} s on {device_name(m.dev)} (load average {_load():.1f}); notebook start "
              f"{m.start_s:.1f} s"]
     for u in m.train.values():
         lines.append(f"  train  {u.label}: {u.step_s:.3f} s/step, median of {u.steps} after warm-up "
