@@ -192,3 +192,11 @@ def test_suspect_images_are_graded_but_flagged(sample_dir, tmp_path, tiny_run):
     line = chain.test_summary({"failed_images": str(tmp_path / "preds" / infer.FAILED_FILE),
                              "flagged_images": str(tmp_path / "preds" / infer.FLAGGED_FILE)})
     assert line.startswith("test images: 1 unreadable (fallback grade) (broken: ") and "3 flagged (tiny: tiny" in line
+
+
+def test_no_readable_test_image_is_an_error_not_a_submission_of_fallback_grades(tmp_path, tiny_run):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    table = pd.DataFrame({"id": ["broken", "gone"], "path": [str(tmp_path / "broken.jpg"), str(tmp_path / "gone.png")]})
+    with pytest.raises(infer.InferenceError, match=r"none of the 2 test images could be read \(broken: "):
+        infer.infer([tiny_run / "runs" / "tiny"], table, tmp_path / "preds", device="cpu", progress=False)
+    assert len(pd.read_csv(tmp_path / "preds" / infer.FAILED_FILE)) == 2  # written first, for a look
