@@ -20,8 +20,6 @@ from kaggle_utils.kernel.bundle import BundleSpec, build
 from kaggle_utils.kernel.handover import expand_runs, final_runs
 from kaggle_utils.kernel.layout import COMPETITION, BundleError, VerifyError, inside_bundle
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # what --verify-images converts to PNG
-
 
 def latest_chain_runs(outputs: str | os.PathLike = "outputs") -> tuple[list[Path], str]:
     """The run folders of the most recently finished chain under ``outputs`` (its last pseudo-label round's
@@ -67,13 +65,15 @@ def _verify_options(args: Any) -> str | None:
 
 def _loose_images(folder: Path) -> list[Path]:
     """The image files of ``--verify-images DIR``; the competition folder belongs to ``--data`` instead."""
+    from kaggle_utils.data.labels import IMAGE_EXTS  # the formats every reader resolves
+
     if (folder / "test.csv").is_file() and (folder / "test_images").is_dir():
         raise VerifyError("test set", f"{folder} is the competition folder (test.csv + test_images/): "
                                       f"pass it as --data {folder}")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) \
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS) \
         if folder.is_dir() else []
     if not images:
-        raise VerifyError("test set", f"--verify-images {folder}: no {'/'.join(IMAGE_SUFFIXES)} images there")
+        raise VerifyError("test set", f"--verify-images {folder}: no {'/'.join(IMAGE_EXTS)} images there")
     return images
 
 

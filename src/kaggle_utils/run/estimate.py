@@ -120,8 +120,9 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
     val_fraction = float((cfg.get("pretrain") or {}).get("val_fraction", 0.0))
     models = {m["name"]: m for m in config.expand_models(cfg)}
     test = cfg.get("test") or {}
-    n_test = (len(io.read_csv(test["csv"], text=None)) if Path(test["csv"]).is_file() else int(test["rows"])) \
-        if test.get("csv") else comp.holdout
+    test_csv = io.read_csv(test["csv"], text=None, na_filter=False) \
+        if test.get("csv") and Path(test["csv"]).is_file() else None
+    n_test = (len(test_csv) if test_csv is not None else int(test["rows"])) if test.get("csv") else comp.holdout
     infer_cfg = cfg.get("infer") or {}
     from kaggle_utils.inference.predict import tta_views
 
@@ -140,7 +141,7 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
             rows.append({"step": step.name, "stage": "data", "trains_on": ", ".join(
                 f"{s.name} ({s.role}{', resize only' if s.preprocessed else ''}) {counts.get(s.name, 0)}"
                 for s in specs), "rows": f"{n}", "here_s": here, "p100_s": kaggle,
-                "work": {"kind": "preprocess", "base": {k: v for k, v in p.items() if k in _PRE_KEYS},
+                "work": {"kind": "preprocess", "base": recipes[p["out_dir"]],
                          "workers": max(1, int(p.get("workers", 1)))}})
             continue
         if step.notebook == "train":
@@ -172,7 +173,7 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
         rows.append({"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
                      "p100_s": 10.0})
     facts = {"skipped_rows": len(skipped), "counts": counts, "n_comp": n_comp, "n_test": n_test,
-             "elsewhere": elsewhere, "warnings": _test_warnings(test),
+             "elsewhere": elsewhere, "warnings": _test_warnings(test, test_csv),
              "budget_s": float(cfg.get("budget_hours", 9)) * 3600,
              "samples": {s.name: _samples(table, s) for s in specs}}
     return rows, facts
@@ -184,15 +185,15 @@ def _samples(table: pd.DataFrame, spec: Any, n: int = 8) -> list[str]:
     return paths[:: max(1, len(paths) // n)][:n] if paths else _stand_ins(spec)[:n]
 
 
-def _test_warnings(test: dict[str, Any]) -> list[str]:
-    """What would make inference fail on the test set that is here: today, an extension that fits no image."""
+def _test_warnings(test: dict[str, Any], test_csv: pd.DataFrame | None) -> list[str]:
+    """What would make inference fail on the test set that is here (``test_csv``, already read): today, an
+    extension that fits no image."""
     from kaggle_utils.data.sources import extension_mismatch
 
-    if not (test.get("csv") and test.get("images") and Path(test["csv"]).is_file()):
+    if test_csv is None or not test.get("images"):
         return []
-    ids = io.read_csv(test["csv"], text=None, na_filter=False)
-    col = "id_code" if "id_code" in ids.columns else ids.columns[0]
-    wrong = extension_mismatch(ids[col].str.strip(), test["images"], test.get("ext", ".png"))
+    col = "id_code" if "id_code" in test_csv.columns else test_csv.columns[0]
+    wrong = extension_mismatch(test_csv[col].str.strip(), test["images"], test.get("ext", ".png"))
     return [wrong] if wrong else []
 
 

@@ -11,6 +11,7 @@ AMX) it is emulated and slower still.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ class Precision:
         return getattr(torch, self.amp_dtype)
 
 
+@functools.cache  # a fact of the machine; predict_batch resolves the precision once per batch
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX tiles: torch's CPU feature check, or /proc/cpuinfo where that API is missing."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
