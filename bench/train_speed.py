@@ -29,9 +29,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from kaggle_utils.models import create_model  # noqa: E402
+from kaggle_utils.run.estimate import forward_gflop  # noqa: E402
 from kaggle_utils.training import precision  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,13 +84,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def forward_gflop(model: str, size: int) -> float:
-    net = create_model(model, pretrained=False).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
-
-
 def measure(model: str, size: int, batch: int, rounds: int) -> dict[tuple[str, bool], float]:
     x = real_batch(batch, size)
     steps = {v: Step(model, x, *v) for v in VARIANTS}
@@ -127,7 +120,7 @@ def main() -> None:
             ips = measure(model, size, args.batch, args.rounds)
             table[(model, size)] = ips
             best = max(ips, key=ips.get)
-            achieved = 3 * forward_gflop(model, size) * ips[best]
+            achieved = 3 * forward_gflop(model, "regression", size) * ips[best]
             print(f"{model:<18} {size:>4}  " + "  ".join(f"{ips[v]:>11.2f}" for v in VARIANTS)
                   + f"   {best[0]}/{'CL' if best[1] else 'contig'}: {achieved:.0f} ({achieved / peak[best[0]]:.0%})",
                   flush=True)
