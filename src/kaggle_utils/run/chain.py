@@ -298,10 +298,13 @@ class Runner:
         notebook = self.notebooks / f"{step.notebook}.ipynb"
         params = pack_parameters(notebook, params)
         # the kernel's own log stays quiet below ERROR: ipykernel 7 warns about TCP on every start (the kernel
-        # listens on localhost), four lines per step that drown the chain's output
+        # listens on localhost), four lines per step that drown the chain's output. The kernel is killed, not
+        # asked to shut down: after Ctrl-C a graceful shutdown closes its sockets while the interrupted cell
+        # still runs, and ipykernel prints a ZMQError traceback under the chain's one-line message.
         pm.execute_notebook(str(notebook), str(out_nb), parameters=params,
                             cwd=str(REPO_ROOT), execution_timeout=timeout, progress_bar=False,
-                            kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                            kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            shutdown_kernel="immediate")
 
 
 def discard_outputs(steps: list[Step]) -> None:
