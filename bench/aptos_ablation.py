@@ -1,15 +1,21 @@
-"""The APTOS ablation table from one finished chain workdir (``make aptos`` writes ``outputs/aptos_cpu``).
+"""The APTOS ablation table from finished chain workdirs (``make aptos`` writes ``outputs/aptos_cpu``).
 
-Every model of the chain and the blend, scored on the same folds: out-of-fold QWK with thresholds fitted on the
+Every model of each chain and its blend, scored on the same folds: out-of-fold QWK with thresholds fitted on the
 OOF (optimistic: fitted on what they score) and with the fixed 0.5..3.5 cuts, per-fold spread, referable-DR AUC,
 then the held-out competition images (``holdout:`` in the config, never trained on, never used for fitting)
-scored with the OOF-fitted thresholds: the honest number. Reads only CSVs; seconds.
+scored with the OOF-fitted thresholds: the honest number. The generalisation guard: the same fold models on the
+413 IDRiD photographs (another camera, another country; none of the runs may have trained on them), preprocessed
+the way the chain treats an external source (retina crop, Ben Graham, stretched to the model's size), with the
+OOF-fitted thresholds and the fixed cuts. ``train_min`` is the model's training step time (stage 1 included),
+``run_min`` the whole chain's step time.
 
-    python bench/aptos_ablation.py [outputs/aptos_cpu]
+    python bench/aptos_ablation.py [outputs/aptos_cpu [outputs/aptos_baseline ...]] [--idrid CSV IMAGES]
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -18,8 +24,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
-from kaggle_utils import metrics  # noqa: E402
+from kaggle_utils import io, metrics  # noqa: E402
+
+IDRID = ("../shared/data/idrid_train/labels.csv", "../shared/data/idrid_train/images")
 
 
 def _score(y: np.ndarray, pred: np.ndarray, thr: np.ndarray) -> tuple[float, float]:
@@ -27,17 +36,70 @@ def _score(y: np.ndarray, pred: np.ndarray, thr: np.ndarray) -> tuple[float, flo
             metrics.qwk(y, metrics.apply_thresholds(pred, metrics.DEFAULT_THRESHOLDS)))
 
 
-def table(workdir: Path) -> pd.DataFrame:
+def _read(path: Path) -> pd.DataFrame:
+    return io.read_csv(path).set_index("id")
+
+
+def step_minutes(workdir: Path) -> tuple[dict[str, float], float]:
+    """Training minutes per model (its folds and its stage 1) and the whole chain's step minutes."""
+    steps = io.read_json(workdir / "run_log.json")["steps"]
+    per_model: dict[str, float] = {}
+    for name, rec in steps.items():
+        kind, _, rest = name.partition(":")
+        if kind in ("train", "pretrain"):
+            model = rest.split(":")[0]
+            per_model[model] = per_model.get(model, 0.0) + rec["seconds"] / 60
+    return per_model, sum(rec["seconds"] for rec in steps.values()) / 60
+
+
+def idrid_predictions(workdir: Path, names: list[str], csv: str, images: str) -> pd.DataFrame:
+    """Each model's mean fold prediction on IDRiD; cached in ``<workdir>/idrid_guard/`` and redone when a
+    checkpoint changes."""
+    from kaggle_utils.data import cache, preprocess, sources
+    from kaggle_utils.inference import predict
+
+    runs = {n: workdir / "runs" / n for n in names}
+    stamps = sorted(f"{p}:{p.stat().st_mtime_ns}" for r in runs.values() for p in predict.fold_checkpoints(r))
+    key = hashlib.sha256("\n".join([csv, images, *stamps]).encode()).hexdigest()[:16]
+    out = workdir / "idrid_guard" / f"preds_{key}.csv"
+    if out.is_file():
+        return _read(out)
+    table = sources.load_source("idrid", csv, images)
+    tta = (yaml.safe_load((workdir / "config.yaml").read_text()).get("infer") or {}).get("tta", "none")
+    preds: dict[str, pd.Series] = {}
+    for name, run_dir in runs.items():
+        run = predict.load_run(run_dir, name=name)
+        recipe = preprocess.PreprocessConfig(size=run.size, crop=True, ben_graham=True, resize_mode="stretch")
+        cache.build_cache(table, workdir / "idrid_guard" / f"cache{run.size}", recipe, progress=False)
+        cached = cache.load_cache(workdir / "idrid_guard" / f"cache{run.size}")
+        if len(cached) < len(table):
+            print(f"warning: {len(table) - len(cached)} IDRiD image(s) failed to preprocess", file=sys.stderr)
+        test = pd.DataFrame({"id": cached["id"].astype(str), "path": cached["cache_path"]})
+        result = predict.predict_runs([run], test, tta=tta, progress=False)[name]
+        preds[name] = result.set_index("id")["pred"]
+    df = pd.DataFrame(preds)
+    df["grade"] = table.set_index("id").loc[df.index, "grade"].astype(int)
+    io.write_csv(out, df.reset_index())
+    return df
+
+
+def table(workdir: Path, idrid: tuple[str, str] | None = IDRID) -> pd.DataFrame:
     """One row per model column of the blend's OOF (the blend included)."""
     blend_dir = workdir / "blend"
-    models = pd.read_csv(blend_dir / "summary_models.csv")
+    models = io.read_csv(blend_dir / "summary_models.csv")
     names = [m for m in models["model"] if m != "blend"]
-    parts = [pd.read_csv(workdir / "preds" / m / "oof.csv", dtype={"id": str}).set_index("id") for m in names]
+    weights = models.set_index("model").loc[names, "weight"].to_numpy(float)
+    parts = [_read(workdir / "preds" / m / "oof.csv") for m in names]
     oof = pd.DataFrame({m: p["pred"] for m, p in zip(names, parts, strict=True)})
     oof["grade"], oof["fold"] = parts[0]["grade"], parts[0]["fold"]
-    oof["blend"] = oof[names].to_numpy() @ models.set_index("model").loc[names, "weight"].to_numpy(float)
-    truth = pd.read_csv(workdir / "data" / "test.csv", dtype={"id": str}).set_index("id")["grade"]
-    test = pd.read_csv(blend_dir / "test_blend.csv", dtype={"id": str}).set_index("id").loc[truth.index]
+    oof["blend"] = oof[names].to_numpy() @ weights
+    truth = _read(workdir / "data" / "test.csv")["grade"]
+    test = _read(blend_dir / "test_blend.csv").loc[truth.index]
+    guard = None
+    if idrid:
+        guard = idrid_predictions(workdir, names, *idrid)
+        guard["blend"] = guard[names].to_numpy() @ weights
+    minutes, run_min = step_minutes(workdir)
     y, yt = oof["grade"].to_numpy(int), truth.to_numpy(int)
     rows = []
     for col in [c for c in oof.columns if c not in ("grade", "fold")]:
@@ -47,24 +109,42 @@ def table(workdir: Path) -> pd.DataFrame:
         per_fold = [metrics.qwk(y[f], metrics.apply_thresholds(p[f], metrics.DEFAULT_THRESHOLDS))
                     for f in (oof["fold"] == k for k in sorted(oof["fold"].unique()))]
         h_fitted, h_fixed = _score(yt, test[col].to_numpy(float), thr)
-        rows.append({"model": col, "oof_qwk_fitted": fitted, "oof_qwk_fixed": fixed,
-                     "fold_qwk_fixed_mean": np.mean(per_fold), "fold_qwk_fixed_sd": np.std(per_fold),
-                     "referable_auc": metrics.referable_dr(y, p)["auc"],
-                     "holdout_qwk_oof_thr": h_fitted, "holdout_qwk_fixed": h_fixed,
-                     "holdout_referable_auc": metrics.referable_dr(yt, test[col].to_numpy(float))["auc"]})
-    return pd.DataFrame(rows).set_index("model")
+        row = {"run": workdir.name, "model": col, "oof_qwk_fitted": fitted, "oof_qwk_fixed": fixed,
+               "fold_qwk_fixed_mean": np.mean(per_fold), "fold_qwk_fixed_sd": np.std(per_fold),
+               "referable_auc": metrics.referable_dr(y, p)["auc"],
+               "holdout_qwk_oof_thr": h_fitted, "holdout_qwk_fixed": h_fixed,
+               "holdout_referable_auc": metrics.referable_dr(yt, test[col].to_numpy(float))["auc"]}
+        if guard is not None:
+            yi, pi = guard["grade"].to_numpy(int), guard[col].to_numpy(float)
+            row["idrid_qwk_oof_thr"], row["idrid_qwk_fixed"] = _score(yi, pi, thr)
+            row["idrid_referable_auc"] = metrics.referable_dr(yi, pi)["auc"]
+        row["train_min"] = sum(minutes.get(m, 0.0) for m in names) if col == "blend" else minutes.get(col, 0.0)
+        row["run_min"] = run_min
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["run", "model"])
 
 
 def main(argv: list[str]) -> int:
-    workdir = Path(argv[0] if argv else "outputs/aptos_cpu")
-    if not (workdir / "blend" / "summary_models.csv").exists():
-        print(f"error: {workdir} has no finished blend; run `make aptos` first", file=sys.stderr)
-        return 1
-    df = table(workdir)
-    n_oof = len(pd.read_csv(workdir / "preds" / df.index[0] / "oof.csv"))
-    n_test = len(pd.read_csv(workdir / "data" / "test.csv"))
-    print(f"{workdir}: {n_oof} OOF images (5 folds), {n_test} held-out images")
-    print(df.to_string(float_format=lambda v: f"{v:.3f}"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdirs", nargs="*", default=["outputs/aptos_cpu"])
+    ap.add_argument("--idrid", nargs=2, metavar=("CSV", "IMAGES"), default=list(IDRID),
+                    help="the generalisation guard's labels and photographs (default: ../shared/data/idrid_train)")
+    ap.add_argument("--no-idrid", action="store_true", help="skip the IDRiD columns")
+    args = ap.parse_args(argv)
+    frames = []
+    for workdir in map(Path, args.workdirs):
+        if not (workdir / "blend" / "summary_models.csv").exists():
+            print(f"error: {workdir} has no finished blend; run its chain first (`make aptos`)", file=sys.stderr)
+            return 1
+        trained_on = set(io.read_csv(workdir / "data" / "folds.csv")["dataset"].astype(str).str.lower())
+        if not args.no_idrid and any("idrid" in name for name in trained_on):
+            print(f"error: {workdir} trained on IDRiD; the guard needs runs that never saw it", file=sys.stderr)
+            return 1
+        frames.append(table(workdir, None if args.no_idrid else tuple(args.idrid)))
+        n_oof = len(io.read_csv(workdir / "data" / "folds.csv"))
+        n_test = len(io.read_csv(workdir / "data" / "test.csv"))
+        print(f"{workdir}: {n_oof} training rows (OOF on the competition's), {n_test} held-out images")
+    print(pd.concat(frames).to_string(float_format=lambda v: f"{v:.3f}"))
     return 0
 
 

@@ -335,3 +335,33 @@ def test_source_weights_shift_the_draws_between_datasets(tiny_table, tmp_path):
     assert 0.7 < share_a < 0.9  # 4:1 per image over two equal halves -> 0.8
     with pytest.raises(ValueError, match="no training rows"):
         loop.Trainer(cfg.replace(source_weights={"zzz": 2.0}), table)
+
+
+def test_size_schedule_trains_the_first_epochs_smaller_and_validates_at_size(tiny_table, tmp_path, monkeypatch):
+    seen: dict[str, set] = {"train": set(), "val": set()}
+    train_step, predict_val = loop.Trainer.train_step, loop.Trainer.predict_val
+
+    def spy_step(self, x, y):
+        seen["train"].add((self.epoch, tuple(x.shape[-2:])))
+        return train_step(self, x, y)
+
+    def spy_val(self):
+        seen["val"].add(self.val_ds[0][0].shape[-1])
+        return predict_val(self)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", spy_step)
+    monkeypatch.setattr(loop.Trainer, "predict_val", spy_val)
+    cfg = TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 3, "size_schedule": [32, 48],
+                                                 "max_steps_per_epoch": 2})
+    assert train_fold(cfg, table=tiny_table)["status"] == "completed"
+    assert seen["train"] == {(0, (32, 32)), (1, (48, 48)), (2, (64, 64))} and seen["val"] == {64}
+    for bad in ([32, 48, 56], [16], ["32"]):  # the last epoch must train at size; sizes are ints >= 32
+        with pytest.raises(ValueError, match="size_schedule"):
+            cfg.replace(size_schedule=bad).validate()
+
+
+def test_plan_counts_a_size_schedule_at_each_epochs_size():
+    from kaggle_utils.run.estimate import epoch_sizes
+
+    assert epoch_sizes({"size_schedule": [160, 192]}, 224, 4) == [160, 192, 224, 224]
+    assert epoch_sizes({}, 224, 2) == [224, 224]

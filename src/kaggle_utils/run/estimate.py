@@ -24,9 +24,10 @@ import pandas as pd
 from kaggle_utils import io
 from kaggle_utils.kernel.plan import ACHIEVED, CPU_SCALING, GPU_PROFILES, KAGGLE_VCPUS, model_family
 
-# Achieved GFLOP/s here (2 cores), by family: lite0 at 224 px trains at ~13 img/s and predicts at ~58 img/s
-# (0.77 GFLOP forward); SE-ResNeXt50 at 160 px trains at ~5 img/s and predicts at ~22 img/s (4.3 GFLOP).
-CPU_GFLOPS = {"train": {"depthwise": 27.0, "dense": 65.0}, "forward": {"depthwise": 40.0, "dense": 95.0}}
+# Achieved GFLOP/s here (2 cores), by family: lite0 at 224 px trains at ~23 img/s with the CPU default
+# channels_last (13 before it; 43 img/s at 160, 31 at 192) and predicts at ~58 img/s (0.77 GFLOP forward);
+# SE-ResNeXt50 at 160 px trains at ~5 img/s and predicts at ~22 img/s (4.3 GFLOP; contiguous, not re-measured).
+CPU_GFLOPS = {"train": {"depthwise": 58.0, "dense": 65.0}, "forward": {"depthwise": 40.0, "dense": 95.0}}
 # Reading a cached PNG and augmenting it (the "seed" preset) in one thread: measured 2.6 + 1.9 ms at 224 px
 # here (0.9 + 0.9 at 128, 5.2 + 3.0 at 320), so it scales with the pixel count.
 CPU_LOADER_S_224 = 0.0045
@@ -224,17 +225,28 @@ def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str,
     per_epoch = int(p.get("samples_per_epoch") or train)
     if p.get("max_steps_per_epoch"):
         per_epoch = min(per_epoch, int(p["max_steps_per_epoch"]) * bs)
-    cost = Cost(forward_gflop(p["model"], p.get("head", "regression"), size))
-    fam = model_family(p["model"])
-    args = (fam, epochs * per_epoch, epochs * val, size)
-    extras = [f"{p['model']} {p.get('head', 'regression')} @{size}", f"{epochs} ep"]
+    head, fam = p.get("head", "regression"), model_family(p["model"])
+    cost = Cost(forward_gflop(p["model"], head, size))
+    here, p100 = cost.here(fam, 0, epochs * val, size), cost.p100(fam, 0, epochs * val, size)
+    for s in epoch_sizes(p, size, epochs):  # progressive resizing: each epoch trains at its own size
+        at = Cost(forward_gflop(p["model"], head, s))
+        here, p100 = here + at.here(fam, per_epoch, 0, s), p100 + at.p100(fam, per_epoch, 0, s)
+    extras = [f"{p['model']} {head} @{size}", f"{epochs} ep"]
+    if p.get("size_schedule"):
+        extras[0] = f"{p['model']} {head} @{'/'.join(map(str, p['size_schedule']))}->{size}"
     if p.get("average_last"):
         extras.append(f"avg last {p['average_last']}")
     if p.get("sampler_rates"):
         extras.append("rates " + ":".join(f"{r:g}" for r in p["sampler_rates"]))
     return {"step": step.name, "stage": stage, "trains_on": on + " | " + ", ".join(extras),
-            "rows": f"~{train} train / ~{val} val", "here_s": cost.here(*args), "p100_s": cost.p100(*args),
+            "rows": f"~{train} train / ~{val} val", "here_s": here, "p100_s": p100,
             "work": {"kind": "train", "params": p, "epochs": epochs, "per_epoch": per_epoch, "val": val}}
+
+
+def epoch_sizes(params: dict[str, Any], size: int, epochs: int) -> list[int]:
+    """The training size of every epoch (TrainConfig.epoch_size for a chain's parameters)."""
+    schedule = [int(v) for v in params.get("size_schedule") or []][:epochs]
+    return schedule + [size] * (epochs - len(schedule))
 
 
 def hm(s: float) -> str:

@@ -395,7 +395,11 @@ class Measurer:
         val = int(work["val"])
         epoch = steps * u.step_s + val * u.val_img_s + u.epoch_end_s + self.thresholds_s(u, val)
         work["epoch_s"] = epoch  # beside metrics.csv's epoch times, once the step has run
-        return self.start_s + u.setup_s + work["epochs"] * epoch
+        from kaggle_utils.run.estimate import epoch_sizes
+
+        size = int(p.get("size", 224))  # smaller epochs of a size schedule: step time x pixel ratio
+        smaller = sum(1 - (s / size) ** 2 for s in epoch_sizes(p, size, work["epochs"]))
+        return self.start_s + u.setup_s + work["epochs"] * epoch - smaller * steps * u.step_s
 
     def thresholds_s(self, unit: TrainUnit, n: int) -> float:
         """Fitting QWK thresholds on a validation fold of ``n`` (model-independent, so measured once per n)."""

@@ -45,6 +45,9 @@ class TrainConfig:
     pretrained: bool | str = True  # ImageNet weights found offline (kaggle_utils.models.weights); the notebook's default too
     loss: str | None = None  # kaggle_utils.training.losses name; None: mse / bce / ce by head
     size: int = 224
+    # progressive resizing (fast.ai's DAWNBench trick, EfficientNetV2): the training sizes of the first epochs,
+    # e.g. [160, 192]; later epochs and every validation run at ``size``
+    size_schedule: list[int] | None = None
     # optimisation
     epochs: int = 8
     batch_size: int = 16
@@ -148,11 +151,20 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "size", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.size_schedule is not None and (
+                len(self.size_schedule) >= self.epochs or not all(isinstance(v, int) and v >= 32 for v in self.size_schedule)):
+            raise ValueError(f"TrainConfig.size_schedule={self.size_schedule!r}: sizes >= 32 px for fewer epochs than "
+                             f"epochs ({self.epochs}), so that the last epochs train at size ({self.size})")
         if self.average_last is not None and not 1 <= self.average_last <= self.epochs:
             raise ValueError(f"TrainConfig.average_last must be in 1..epochs ({self.epochs}), got {self.average_last}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         return self
+
+    def epoch_size(self, epoch: int) -> int:
+        """The training image size of ``epoch`` (0-based)."""
+        schedule = self.size_schedule or []
+        return int(schedule[epoch]) if epoch < len(schedule) else int(self.size)
 
     def result_fields(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint."""

@@ -43,10 +43,7 @@ from kaggle_utils.training.checkpoint import (
     seed_everything,
     wants_determinism,
 )
-from kaggle_utils.training.config import (
-    DEFAULT_THRESHOLDS,
-    TrainConfig,
-)
+from kaggle_utils.training.config import DEFAULT_THRESHOLDS, TrainConfig
 from kaggle_utils.training.distributed import DistInfo, all_gather, init_distributed
 from kaggle_utils.training.schedule import LRSchedule, WeightAverager
 from kaggle_utils.training.table import load_table, rows_fingerprint, split_fold
@@ -77,8 +74,6 @@ def _worker_init(_: int) -> None:
     import cv2
 
     cv2.setNumThreads(0)  # workers already parallelise; OpenCV's own pool would oversubscribe the cores
-
-
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -189,7 +184,7 @@ class Trainer(FoldArtifacts):
         cuda = self.device.type == "cuda"
         workers = cfg.num_workers
         loader_kw = {"num_workers": workers, "pin_memory": cuda, "worker_init_fn": _worker_init if workers else None,
-                     "persistent_workers": workers > 0}
+                     "persistent_workers": workers > 0 and not cfg.size_schedule}  # workers see the epoch's size
         # A private generator: DataLoader otherwise draws its worker base seed from the global torch RNG on
         # every iter(), which would shift the dropout stream of a resumed run.
         self.train_loader = DataLoader(self.train_ds, batch_size=bs, sampler=self.sampler, drop_last=self.drop_last,
@@ -272,6 +267,7 @@ class Trainer(FoldArtifacts):
         cfg = self.cfg
         self.model.train()
         self.sampler.set_epoch(self.epoch, start=min(self.step * cfg.batch_size, self.sampler.shard_size))
+        self._set_train_size(cfg.epoch_size(self.epoch))
         t0 = time.time() - self.epoch_time
         loss_sum = torch.zeros((), device=self.device)
         log_sum, log_n = torch.zeros((), device=self.device), 0
@@ -313,6 +309,15 @@ class Trainer(FoldArtifacts):
                 bar.close()
         self._fold_sums(loss_sum, t0)
         return not self._vote(force=True)[0]
+
+    def _set_train_size(self, size: int) -> None:
+        """Progressive resizing: images and augmentation at this epoch's size (validation keeps ``cfg.size``)."""
+        if size != self.train_ds.size:
+            from kaggle_utils.data.augment import get_augmentation
+
+            self.train_ds.size = size
+            if self.train_ds.transform is not None:
+                self.train_ds.transform = get_augmentation(self.cfg.augmentation, size)
 
     def _fold_sums(self, loss_sum: torch.Tensor, t0: float) -> None:
         """Move the device-side loss sum into the checkpointable counters (one sync)."""
@@ -449,17 +454,10 @@ class Trainer(FoldArtifacts):
         out = self.out
         best = self.best or {}
         return {
-            "status": self.status,
-            "resumed": bool(resumed),
-            "epochs_done": self.epoch,
-            "global_step": self.global_step,
-            "best_epoch": best.get("epoch"),
-            "best_val_loss": best.get("val_loss"),
-            "best_val_qwk": best.get("val_qwk"),
-            "averaged_epochs": best.get("averaged_epochs"),
-            "monitor": self.cfg.monitor,
-            "out_dir": str(out),
-            "last": str(out / "last.pt"),
+            "status": self.status, "resumed": bool(resumed), "epochs_done": self.epoch,
+            "global_step": self.global_step, "best_epoch": best.get("epoch"), "best_val_loss": best.get("val_loss"),
+            "best_val_qwk": best.get("val_qwk"), "averaged_epochs": best.get("averaged_epochs"),
+            "monitor": self.cfg.monitor, "out_dir": str(out), "last": str(out / "last.pt"),
             "best": str(out / "best.pt") if (out / "best.pt").exists() else None,
             "oof": str(out / "oof.csv") if best else None,
             "metrics": str(out / "metrics.csv") if self.history else None,
