@@ -9,7 +9,8 @@ the way the chain treats an external source (retina crop, Ben Graham, stretched 
 OOF-fitted thresholds and the fixed cuts. ``train_min`` is the model's training step time (stage 1 included),
 ``run_min`` the whole chain's step time.
 
-    python bench/aptos_ablation.py [outputs/aptos_cpu [outputs/aptos_baseline ...]] [--idrid CSV IMAGES]
+    python bench/aptos_ablation.py [outputs/aptos_cpu [outputs/aptos_baseline ...]] [--fold K] [--no-tta]
+        [--idrid CSV IMAGES | --no-idrid]
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def step_minutes(workdir: Path) -> tuple[dict[str, float], float]:
 
 
 def idrid_predictions(workdir: Path, names: list[str], csv: str, images: str) -> pd.DataFrame:
-    """Each model's mean fold prediction on IDRiD; cached in ``<workdir>/idrid_guard/`` and redone when a
-    checkpoint changes."""
+    """Every model's prediction per fold and TTA view (``<model>:pred_fold<k>_view<v>``) on IDRiD; cached in
+    ``<workdir>/idrid_guard/`` and redone when a checkpoint changes."""
     from kaggle_utils.data import cache, preprocess, sources
     from kaggle_utils.inference import predict
 
@@ -66,7 +67,7 @@ def idrid_predictions(workdir: Path, names: list[str], csv: str, images: str) ->
         return _read(out)
     table = sources.load_source("idrid", csv, images)
     tta = (yaml.safe_load((workdir / "config.yaml").read_text()).get("infer") or {}).get("tta", "none")
-    preds: dict[str, pd.Series] = {}
+    parts = []
     for name, run_dir in runs.items():
         run = predict.load_run(run_dir, name=name)
         recipe = preprocess.PreprocessConfig(size=run.size, crop=True, ben_graham=True, resize_mode="stretch")
@@ -75,41 +76,67 @@ def idrid_predictions(workdir: Path, names: list[str], csv: str, images: str) ->
         if len(cached) < len(table):
             print(f"warning: {len(table) - len(cached)} IDRiD image(s) failed to preprocess", file=sys.stderr)
         test = pd.DataFrame({"id": cached["id"].astype(str), "path": cached["cache_path"]})
-        result = predict.predict_runs([run], test, tta=tta, progress=False)[name]
-        preds[name] = result.set_index("id")["pred"]
-    df = pd.DataFrame(preds)
+        result = predict.predict_runs([run], test, tta=tta, progress=False)[name].set_index("id")
+        views = [c for c in result.columns if c.startswith("pred_fold") and "_view" in c]
+        parts.append(result[views].add_prefix(f"{name}:"))
+    df = pd.concat(parts, axis=1)
     df["grade"] = table.set_index("id").loc[df.index, "grade"].astype(int)
     io.write_csv(out, df.reset_index())
     return df
 
 
-def table(workdir: Path, idrid: tuple[str, str] | None = IDRID) -> pd.DataFrame:
-    """One row per model column of the blend's OOF (the blend included)."""
-    blend_dir = workdir / "blend"
-    models = io.read_csv(blend_dir / "summary_models.csv")
+def _mean_views(df: pd.DataFrame, prefix: str, folds: list[int], views: list[int]) -> pd.Series:
+    return df[[f"{prefix}pred_fold{k}_view{v}" for k in folds for v in views]].mean(axis=1)
+
+
+def model_predictions(workdir: Path, name: str, fold: int | None, tta: bool) -> tuple[pd.DataFrame, pd.Series]:
+    """One model's OOF (``grade, fold, pred``) and held-out predictions under the ablation's choices: all
+    folds or one fold's model, TTA views averaged or the first view alone (then the OOF is training's own
+    validation pass, which has no TTA either)."""
+    if tta:
+        oof = _read(workdir / "preds" / name / "oof.csv")
+    else:
+        oof = pd.concat([_read(p) for p in sorted((workdir / "runs" / name).glob("fold*/oof.csv"))])
+    views = _read(workdir / "preds" / name / "test_views.csv")
+    n_views = max(int(c.rsplit("view", 1)[1]) for c in views.columns) + 1
+    folds = sorted(oof["fold"].unique()) if fold is None else [fold]
+    oof = oof[oof["fold"].isin(folds)]
+    return oof, _mean_views(views, "", folds, list(range(n_views)) if tta else [0])
+
+
+def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, fold: int | None = None,
+          tta: bool = True) -> pd.DataFrame:
+    """One row per model of the chain and its blend (the blend's weights over the models' predictions)."""
+    models = io.read_csv(workdir / "blend" / "summary_models.csv")
     names = [m for m in models["model"] if m != "blend"]
     weights = models.set_index("model").loc[names, "weight"].to_numpy(float)
-    parts = [_read(workdir / "preds" / m / "oof.csv") for m in names]
-    oof = pd.DataFrame({m: p["pred"] for m, p in zip(names, parts, strict=True)})
-    oof["grade"], oof["fold"] = parts[0]["grade"], parts[0]["fold"]
-    oof["blend"] = oof[names].to_numpy() @ weights
     truth = _read(workdir / "data" / "test.csv")["grade"]
-    test = _read(blend_dir / "test_blend.csv").loc[truth.index]
+    preds = {n: model_predictions(workdir, n, fold, tta) for n in names}
+    first = preds[names[0]][0]
+    oof = pd.DataFrame({n: preds[n][0]["pred"].loc[first.index] for n in names})
+    oof["grade"], oof["fold"] = first["grade"], first["fold"]
+    test = pd.DataFrame({n: preds[n][1].loc[truth.index] for n in names})
+    oof["blend"], test["blend"] = oof[names].to_numpy() @ weights, test[names].to_numpy() @ weights
     guard = None
     if idrid:
-        guard = idrid_predictions(workdir, names, *idrid)
-        guard["blend"] = guard[names].to_numpy() @ weights
+        views = idrid_predictions(workdir, names, *idrid)
+        n_views = max(int(c.rsplit("view", 1)[1]) for c in views.columns if "_view" in c) + 1
+        folds = sorted(oof["fold"].unique())
+        guard = pd.DataFrame({n: _mean_views(views, f"{n}:", folds, list(range(n_views)) if tta else [0])
+                              for n in names})
+        guard["blend"], guard["grade"] = guard[names].to_numpy() @ weights, views["grade"]
     minutes, run_min = step_minutes(workdir)
     y, yt = oof["grade"].to_numpy(int), truth.to_numpy(int)
+    variant = "".join([f", fold {fold}" if fold is not None else "", "" if tta else ", no TTA"])
     rows = []
-    for col in [c for c in oof.columns if c not in ("grade", "fold")]:
+    for col in [*names, "blend"] if len(names) > 1 else names:
         p = oof[col].to_numpy(float)
         thr = metrics.optimise_thresholds(p, y)
         fitted, fixed = _score(y, p, thr)
         per_fold = [metrics.qwk(y[f], metrics.apply_thresholds(p[f], metrics.DEFAULT_THRESHOLDS))
                     for f in (oof["fold"] == k for k in sorted(oof["fold"].unique()))]
         h_fitted, h_fixed = _score(yt, test[col].to_numpy(float), thr)
-        row = {"run": workdir.name, "model": col, "oof_qwk_fitted": fitted, "oof_qwk_fixed": fixed,
+        row = {"run": workdir.name, "model": col + variant, "oof_qwk_fitted": fitted, "oof_qwk_fixed": fixed,
                "fold_qwk_fixed_mean": np.mean(per_fold), "fold_qwk_fixed_sd": np.std(per_fold),
                "referable_auc": metrics.referable_dr(y, p)["auc"],
                "holdout_qwk_oof_thr": h_fitted, "holdout_qwk_fixed": h_fixed,
@@ -124,12 +151,25 @@ def table(workdir: Path, idrid: tuple[str, str] | None = IDRID) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["run", "model"])
 
 
+def markdown(df: pd.DataFrame) -> str:
+    """The table as Markdown rows, three decimals (minutes: one)."""
+    cols = list(df.columns)
+    lines = ["| run | model | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for (run, model), row in df.iterrows():
+        cells = [f"{v:.1f}" if c.endswith("_min") else f"{v:.3f}" for c, v in row.items()]
+        lines.append(f"| {run} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("workdirs", nargs="*", default=["outputs/aptos_cpu"])
     ap.add_argument("--idrid", nargs=2, metavar=("CSV", "IMAGES"), default=list(IDRID),
                     help="the generalisation guard's labels and photographs (default: ../shared/data/idrid_train)")
     ap.add_argument("--no-idrid", action="store_true", help="skip the IDRiD columns")
+    ap.add_argument("--fold", type=int, help="score one fold's model instead of the fold ensemble")
+    ap.add_argument("--no-tta", action="store_true", help="the first TTA view alone (OOF: training's own)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/recipes.md)")
     args = ap.parse_args(argv)
     frames = []
     for workdir in map(Path, args.workdirs):
@@ -140,11 +180,12 @@ def main(argv: list[str]) -> int:
         if not args.no_idrid and any("idrid" in name for name in trained_on):
             print(f"error: {workdir} trained on IDRiD; the guard needs runs that never saw it", file=sys.stderr)
             return 1
-        frames.append(table(workdir, None if args.no_idrid else tuple(args.idrid)))
+        frames.append(table(workdir, None if args.no_idrid else tuple(args.idrid), args.fold, not args.no_tta))
         n_oof = len(io.read_csv(workdir / "data" / "folds.csv"))
         n_test = len(io.read_csv(workdir / "data" / "test.csv"))
         print(f"{workdir}: {n_oof} training rows (OOF on the competition's), {n_test} held-out images")
-    print(pd.concat(frames).to_string(float_format=lambda v: f"{v:.3f}"))
+    df = pd.concat(frames)
+    print(markdown(df) if args.markdown else df.to_string(float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
