@@ -244,9 +244,11 @@ def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str,
 
 
 def epoch_sizes(params: dict[str, Any], size: int, epochs: int) -> list[int]:
-    """The training size of every epoch (TrainConfig.epoch_size for a chain's parameters)."""
-    schedule = [int(v) for v in params.get("size_schedule") or []][:epochs]
-    return schedule + [size] * (epochs - len(schedule))
+    """The training size of every epoch of a chain's training parameters."""
+    from kaggle_utils.training.config import TrainConfig
+
+    cfg = TrainConfig(size=size, epochs=epochs, size_schedule=params.get("size_schedule"))
+    return [cfg.epoch_size(epoch) for epoch in range(epochs)]
 
 
 def hm(s: float) -> str:
