@@ -41,13 +41,14 @@ def _read(path: Path) -> pd.DataFrame:
     return io.read_csv(path).set_index("id")
 
 
-def step_minutes(workdir: Path) -> tuple[dict[str, float], float]:
-    """Training minutes per model (its folds and its stage 1) and the whole chain's step minutes."""
+def step_minutes(workdir: Path, fold: int | None = None) -> tuple[dict[str, float], float]:
+    """Training minutes per model (its folds, or only ``fold``, and its stage 1) and the whole chain's step
+    minutes."""
     steps = io.read_json(workdir / "run_log.json")["steps"]
     per_model: dict[str, float] = {}
     for name, rec in steps.items():
         kind, _, rest = name.partition(":")
-        if kind in ("train", "pretrain"):
+        if kind == "pretrain" or (kind == "train" and (fold is None or rest.endswith(f":fold{fold}"))):
             model = rest.split(":")[0]
             per_model[model] = per_model.get(model, 0.0) + rec["seconds"] / 60
     return per_model, sum(rec["seconds"] for rec in steps.values()) / 60
@@ -125,7 +126,7 @@ def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, fold: int | None
         guard = pd.DataFrame({n: _mean_views(views, f"{n}:", folds, list(range(n_views)) if tta else [0])
                               for n in names})
         guard["blend"], guard["grade"] = guard[names].to_numpy() @ weights, views["grade"]
-    minutes, run_min = step_minutes(workdir)
+    minutes, run_min = step_minutes(workdir, fold)
     y, yt = oof["grade"].to_numpy(int), truth.to_numpy(int)
     variant = "".join([f", fold {fold}" if fold is not None else "", "" if tta else ", no TTA"])
     rows = []

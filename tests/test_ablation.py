@@ -59,6 +59,7 @@ def test_variants_score_the_predictions_they_name(tmp_path):
     one_view = ablation.table(work, idrid=None, fold=0, tta=False)
     assert one_view.loc[("work", "a, fold 0, no TTA"), "holdout_qwk_fixed"] == pytest.approx(1.0)
     assert one_view.loc[("work", "blend, fold 0, no TTA"), "holdout_qwk_fixed"] == pytest.approx(1.0)  # weights 1/0
+    assert one_view.loc[("work", "a, fold 0, no TTA"), "train_min"] == pytest.approx(1.0)  # fold 0's step only
     both_views = ablation.table(work, idrid=None, fold=0, tta=True)  # view 1 is 4 - grade: the mean is 2
     assert both_views.loc[("work", "a, fold 0"), "holdout_qwk_fixed"] == pytest.approx(0.0)
     ensemble = ablation.table(work, idrid=None)
