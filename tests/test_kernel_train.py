@@ -148,8 +148,10 @@ def test_smoke_is_one_pure_rewrite_of_the_config_that_the_chain_accepts(path):
     load_config(smoke, plan_only=True)  # still a valid chain config
     assert smoke["folds"]["n_folds"] == 2 and smoke["preprocess"]["size"] == 96
     assert smoke["train"]["epochs"] == 1 and smoke["train"]["max_steps_per_epoch"] == 2
+    assert smoke["train"].get("size_schedule") is None
     for m in smoke["models"]:
         assert (m["epochs"], m["size"], m["max_steps_per_epoch"]) == (1, 96, 2) and "sizes" not in m
+        assert m.get("size_schedule") is None  # a schedule needs more epochs than the smoke's one
         assert len(m.get("seeds") or [0]) == 1
     limits = {s["name"]: s["max_rows"] for s in smoke["data"]["sources"]}
     roles = {s["name"]: s.get("role", "competition") for s in smoke["data"]["sources"]}

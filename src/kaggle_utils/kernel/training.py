@@ -116,7 +116,7 @@ def smoke_config(cfg: dict[str, Any], rows: int = SMOKE["rows"], external_rows: 
                  size: int = SMOKE["size"], n_folds: int = SMOKE["n_folds"], steps: int = SMOKE["steps"],
                  batch_size: int = SMOKE["batch_size"]) -> dict[str, Any]:
     """The config shrunk to a check that every step runs: 1 epoch of ``steps`` optimiser steps at ``size``
-    px, ``rows`` competition and ``external_rows`` rows per external source (stratified), ``n_folds`` folds,
+    px (no size schedule), ``rows`` competition and ``external_rows`` rows per external source (stratified), ``n_folds`` folds,
     stage 1 validating on a quarter of its few rows (at least), the first seed and size of each model, at most
     one pseudo-label round. Every test image is still graded, so the submission it writes covers the test set.
     Returns a new dict; ``cfg`` is not changed."""
@@ -132,7 +132,7 @@ def smoke_config(cfg: dict[str, Any], rows: int = SMOKE["rows"], external_rows: 
     out["data"] = {"sources": sources}
     out["preprocess"] = {**(out.get("preprocess") or {}), "size": size}
     out["folds"] = {**(out.get("folds") or {}), "n_folds": n_folds}
-    short = {"epochs": 1, "max_steps_per_epoch": steps}
+    short = {"epochs": 1, "max_steps_per_epoch": steps, "size_schedule": None}
     out["train"] = {**(out.get("train") or {}), **short, "size": size,
                     "batch_size": min(int((out.get("train") or {}).get("batch_size", batch_size)), batch_size)}
     if out.get("pretrain"):

@@ -174,7 +174,8 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
             out = workdir / "pretrain" / m["_base"]
             if m["_base"] not in pretrained and round_no == 0:  # seeds of a model share stage 1
                 ext = set(datasets or (s.name for s in specs if s.role == "external"))
-                stage1 = {**spec, "average_last": None, **pcfg}  # averaging is the fine-tune's unless asked
+                # weight averaging and a size schedule are the fine-tune's unless stage 1 asks for its own
+                stage1 = {**spec, "average_last": None, "size_schedule": None, **pcfg}
                 params = {**_train_params(stage1, weights, ext), **data, "out_dir": str(out), "fold": 0,
                           "stage": "pretrain", "train_sources": datasets, "extra_csv": None}
                 steps.append(Step(f"pretrain:{m['_base']}", "train", params, meta={"deadline": True}))
