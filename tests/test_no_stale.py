@@ -212,8 +212,11 @@ def test_interrupt_is_one_line_exit_130_and_a_rerun_resumes(tmp_path, sample_dir
 def test_ctrl_c_on_the_real_chain_prints_one_line_not_a_traceback(tmp_path, sample_dir):
     cfg = _layout(tmp_path, sample_dir)
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    # a test run started in the background of a script inherits SIGINT ignored (no KeyboardInterrupt at all);
+    # a terminal's Ctrl-C reaches a chain with the default handler, so give the child that
     proc = subprocess.Popen([sys.executable, "-m", "kaggle_utils.run", str(cfg)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     for line in proc.stdout:  # wait until a training notebook is running, then Ctrl-C the whole group
         if line.startswith("[run] train:lite0:fold0") or time.time() > deadline:
