@@ -86,6 +86,10 @@ def idrid_predictions(workdir: Path, names: list[str], csv: str, images: str) ->
     return df
 
 
+def _n_views(df: pd.DataFrame) -> int:
+    return max(int(c.rsplit("view", 1)[1]) for c in df.columns if "_view" in c) + 1
+
+
 def _mean_views(df: pd.DataFrame, prefix: str, folds: list[int], views: list[int]) -> pd.Series:
     return df[[f"{prefix}pred_fold{k}_view{v}" for k in folds for v in views]].mean(axis=1)
 
@@ -99,10 +103,9 @@ def model_predictions(workdir: Path, name: str, fold: int | None, tta: bool) -> 
     else:
         oof = pd.concat([_read(p) for p in sorted((workdir / "runs" / name).glob("fold*/oof.csv"))])
     views = _read(workdir / "preds" / name / "test_views.csv")
-    n_views = max(int(c.rsplit("view", 1)[1]) for c in views.columns) + 1
     folds = sorted(oof["fold"].unique()) if fold is None else [fold]
     oof = oof[oof["fold"].isin(folds)]
-    return oof, _mean_views(views, "", folds, list(range(n_views)) if tta else [0])
+    return oof, _mean_views(views, "", folds, list(range(_n_views(views))) if tta else [0])
 
 
 def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, fold: int | None = None,
@@ -121,9 +124,8 @@ def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, fold: int | None
     guard = None
     if idrid:
         views = idrid_predictions(workdir, names, *idrid)
-        n_views = max(int(c.rsplit("view", 1)[1]) for c in views.columns if "_view" in c) + 1
         folds = sorted(oof["fold"].unique())
-        guard = pd.DataFrame({n: _mean_views(views, f"{n}:", folds, list(range(n_views)) if tta else [0])
+        guard = pd.DataFrame({n: _mean_views(views, f"{n}:", folds, list(range(_n_views(views))) if tta else [0])
                               for n in names})
         guard["blend"], guard["grade"] = guard[names].to_numpy() @ weights, views["grade"]
     minutes, run_min = step_minutes(workdir, fold)
