@@ -9,8 +9,11 @@ the way the chain treats an external source (retina crop, Ben Graham, stretched 
 OOF-fitted thresholds and the fixed cuts. ``train_min`` is the model's training step time (stage 1 included),
 ``run_min`` the whole chain's step time.
 
-    python bench/aptos_ablation.py [outputs/aptos_cpu [outputs/aptos_baseline ...]] [--fold K] [--no-tta]
-        [--idrid CSV IMAGES | --no-idrid]
+    python bench/aptos_ablation.py [outputs/aptos_cpu [outputs/aptos_baseline ...]] [--folds K[,K...]]
+        [--no-tta] [--idrid CSV IMAGES | --no-idrid]
+
+``--folds 0`` scores one fold's model, ``--folds 0,1,2`` an ensemble of three of the five (the time-for-quality
+trade of training fewer fold models; their OOF covers those folds only).
 """
 
 from __future__ import annotations
@@ -41,14 +44,14 @@ def _read(path: Path) -> pd.DataFrame:
     return io.read_csv(path).set_index("id")
 
 
-def step_minutes(workdir: Path, fold: int | None = None) -> tuple[dict[str, float], float]:
-    """Training minutes per model (its folds, or only ``fold``, and its stage 1) and the whole chain's step
+def step_minutes(workdir: Path, folds: list[int] | None = None) -> tuple[dict[str, float], float]:
+    """Training minutes per model (its folds, or only ``folds``, and its stage 1) and the whole chain's step
     minutes."""
     steps = io.read_json(workdir / "run_log.json")["steps"]
     per_model: dict[str, float] = {}
     for name, rec in steps.items():
         kind, _, rest = name.partition(":")
-        if kind == "pretrain" or (kind == "train" and (fold is None or rest.endswith(f":fold{fold}"))):
+        if kind == "pretrain" or (kind == "train" and (folds is None or rest.rsplit(":fold", 1)[-1] in map(str, folds))):
             model = rest.split(":")[0]
             per_model[model] = per_model.get(model, 0.0) + rec["seconds"] / 60
     return per_model, sum(rec["seconds"] for rec in steps.values()) / 60
@@ -94,28 +97,32 @@ def _mean_views(df: pd.DataFrame, prefix: str, folds: list[int], views: list[int
     return df[[f"{prefix}pred_fold{k}_view{v}" for k in folds for v in views]].mean(axis=1)
 
 
-def model_predictions(workdir: Path, name: str, fold: int | None, tta: bool) -> tuple[pd.DataFrame, pd.Series]:
+def model_predictions(workdir: Path, name: str, folds: list[int] | None,
+                      tta: bool) -> tuple[pd.DataFrame, pd.Series]:
     """One model's OOF (``grade, fold, pred``) and held-out predictions under the ablation's choices: all
-    folds or one fold's model, TTA views averaged or the first view alone (then the OOF is training's own
+    folds or some folds' models, TTA views averaged or the first view alone (then the OOF is training's own
     validation pass, which has no TTA either)."""
     if tta:
         oof = _read(workdir / "preds" / name / "oof.csv")
     else:
         oof = pd.concat([_read(p) for p in sorted((workdir / "runs" / name).glob("fold*/oof.csv"))])
     views = _read(workdir / "preds" / name / "test_views.csv")
-    folds = sorted(oof["fold"].unique()) if fold is None else [fold]
+    folds = sorted(oof["fold"].unique()) if folds is None else folds
+    missing = sorted(set(folds) - set(oof["fold"]))
+    if missing:
+        raise SystemExit(f"error: {workdir} has no model for fold(s) {missing}")
     oof = oof[oof["fold"].isin(folds)]
     return oof, _mean_views(views, "", folds, list(range(_n_views(views))) if tta else [0])
 
 
-def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, fold: int | None = None,
+def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, folds: list[int] | None = None,
           tta: bool = True) -> pd.DataFrame:
     """One row per model of the chain and its blend (the blend's weights over the models' predictions)."""
     models = io.read_csv(workdir / "blend" / "summary_models.csv")
     names = [m for m in models["model"] if m != "blend"]
     weights = models.set_index("model").loc[names, "weight"].to_numpy(float)
     truth = _read(workdir / "data" / "test.csv")["grade"]
-    preds = {n: model_predictions(workdir, n, fold, tta) for n in names}
+    preds = {n: model_predictions(workdir, n, folds, tta) for n in names}
     first = preds[names[0]][0]
     oof = pd.DataFrame({n: preds[n][0]["pred"].loc[first.index] for n in names})
     oof["grade"], oof["fold"] = first["grade"], first["fold"]
@@ -124,13 +131,13 @@ def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, fold: int | None
     guard = None
     if idrid:
         views = idrid_predictions(workdir, names, *idrid)
-        folds = sorted(oof["fold"].unique())
-        guard = pd.DataFrame({n: _mean_views(views, f"{n}:", folds, list(range(_n_views(views))) if tta else [0])
+        guard = pd.DataFrame({n: _mean_views(views, f"{n}:", sorted(oof["fold"].unique()), list(range(_n_views(views))) if tta else [0])
                               for n in names})
         guard["blend"], guard["grade"] = guard[names].to_numpy() @ weights, views["grade"]
-    minutes, run_min = step_minutes(workdir, fold)
+    minutes, run_min = step_minutes(workdir, folds)
     y, yt = oof["grade"].to_numpy(int), truth.to_numpy(int)
-    variant = "".join([f", fold {fold}" if fold is not None else "", "" if tta else ", no TTA"])
+    picked = "" if folds is None else f", fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))}"
+    variant = picked + ("" if tta else ", no TTA")
     rows = []
     for col in [*names, "blend"] if len(names) > 1 else names:
         p = oof[col].to_numpy(float)
@@ -154,6 +161,13 @@ def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, fold: int | None
     return pd.DataFrame(rows).set_index(["run", "model"])
 
 
+def _fold_list(text: str) -> list[int]:
+    try:
+        return sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 0 or 0,1,2, got {text!r}") from None
+
+
 def markdown(df: pd.DataFrame) -> str:
     """The table as Markdown rows, three decimals (minutes: one)."""
     cols = list(df.columns)
@@ -170,7 +184,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--idrid", nargs=2, metavar=("CSV", "IMAGES"), default=list(IDRID),
                     help="the generalisation guard's labels and photographs (default: ../shared/data/idrid_train)")
     ap.add_argument("--no-idrid", action="store_true", help="skip the IDRiD columns")
-    ap.add_argument("--fold", type=int, help="score one fold's model instead of the fold ensemble")
+    ap.add_argument("--folds", "--fold", type=_fold_list, metavar="K[,K...]",
+                    help="score these folds' models (one, or a smaller ensemble) instead of all the chain's")
     ap.add_argument("--no-tta", action="store_true", help="the first TTA view alone (OOF: training's own)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/recipes.md)")
     args = ap.parse_args(argv)
@@ -183,7 +198,7 @@ def main(argv: list[str]) -> int:
         if not args.no_idrid and any("idrid" in name for name in trained_on):
             print(f"error: {workdir} trained on IDRiD; the guard needs runs that never saw it", file=sys.stderr)
             return 1
-        frames.append(table(workdir, None if args.no_idrid else tuple(args.idrid), args.fold, not args.no_tta))
+        frames.append(table(workdir, None if args.no_idrid else tuple(args.idrid), args.folds, not args.no_tta))
         n_oof = len(io.read_csv(workdir / "data" / "folds.csv"))
         n_test = len(io.read_csv(workdir / "data" / "test.csv"))
         print(f"{workdir}: {n_oof} training rows (OOF on the competition's), {n_test} held-out images")

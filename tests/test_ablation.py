@@ -56,11 +56,11 @@ def _workdir(tmp_path: Path, trained_on: str = "aptos") -> Path:
 
 def test_variants_score_the_predictions_they_name(tmp_path):
     work = _workdir(tmp_path)
-    one_view = ablation.table(work, idrid=None, fold=0, tta=False)
+    one_view = ablation.table(work, idrid=None, folds=[0], tta=False)
     assert one_view.loc[("work", "a, fold 0, no TTA"), "holdout_qwk_fixed"] == pytest.approx(1.0)
     assert one_view.loc[("work", "blend, fold 0, no TTA"), "holdout_qwk_fixed"] == pytest.approx(1.0)  # weights 1/0
     assert one_view.loc[("work", "a, fold 0, no TTA"), "train_min"] == pytest.approx(1.0)  # fold 0's step only
-    both_views = ablation.table(work, idrid=None, fold=0, tta=True)  # view 1 is 4 - grade: the mean is 2
+    both_views = ablation.table(work, idrid=None, folds=[0], tta=True)  # view 1 is 4 - grade: the mean is 2
     assert both_views.loc[("work", "a, fold 0"), "holdout_qwk_fixed"] == pytest.approx(0.0)
     ensemble = ablation.table(work, idrid=None)
     assert ensemble.loc[("work", "a"), "holdout_qwk_fixed"] < 0.9  # fold 1's model is noise
@@ -76,3 +76,18 @@ def test_guard_refuses_a_run_that_trained_on_idrid(tmp_path, capsys):
     assert "trained on IDRiD" in capsys.readouterr().err
     assert ablation.main([str(work), "--no-idrid", "--markdown"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("| work | blend | ")
+
+
+def test_a_fold_subset_is_scored_as_its_own_ensemble(tmp_path, capsys):
+    work = _workdir(tmp_path)
+    subset = ablation.table(work, idrid=None, folds=[0, 1])
+    ensemble = ablation.table(work, idrid=None)
+    assert subset.loc[("work", "a, folds 0,1"), "holdout_qwk_fixed"] == ensemble.loc[("work", "a"),
+                                                                                      "holdout_qwk_fixed"]
+    assert subset.loc[("work", "a, folds 0,1"), "train_min"] == pytest.approx(2.0)
+    with pytest.raises(SystemExit, match=r"no model for fold\(s\) \[7\]"):
+        ablation.table(work, idrid=None, folds=[0, 7])
+    assert ablation.main([str(work), "--no-idrid", "--fold", "1,0", "--markdown"]) == 0
+    assert "| work | a, folds 0,1 | " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ablation.main([str(work), "--no-idrid", "--folds", "x"])

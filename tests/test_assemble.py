@@ -128,7 +128,8 @@ def test_two_stage_multi_source_chain(sample_dir, tmp_path):
     assert rerun["steps"] == log["steps"]
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", sorted(CONFIGS.rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(CONFIGS).with_suffix("")))
 def test_plan_of_every_config_lists_its_stages(config, capsys):
     cfg = yaml_load(config)
     if "models" not in cfg:  # a fold's TrainConfig (configs/fold_example.yaml), not a chain
