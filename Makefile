@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/infer.py
+	$(PY) bench/allocator.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from kaggle_utils.run import __main__ as run_cli
-from kaggle_utils.run import measure
+from kaggle_utils.run import fixed_costs, measure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,7 @@ def test_measure_times_every_step_and_exits_3_past_the_budget(sample_dir, tmp_pa
     assert len([line for line in lines if line.startswith("  train ")]) == 1  # a and b: one measurement
     assert "batch 2 bf16 channels_last" in out or "batch 2 fp32 channels_last" in out
     assert [line for line in lines if line.startswith("  infer ") and "TTA hflip" in line]
+    assert [line for line in lines if line.startswith("  blend  fit ") and "gradcam" in line and "report" in line]
     assert "OVER BUDGET" in err and "exceeds the 0.1m budget by" in err and "this CPU" in err
     assert not (tmp_path / "work").exists()  # measuring writes nothing into the workdir
 
@@ -67,6 +68,26 @@ def test_exit_status_follows_the_measured_total(sample_dir, tmp_path, monkeypatc
     assert run_cli.main([str(path), "--plan", "--measure", "--budget-hours", "0.05"]) == 3
     assert "exceeds the 3.0m budget by 3.0m" in capsys.readouterr().err
     assert run_cli.main([str(path), "--measure"]) == 0  # --measure implies --plan
+
+
+def test_blend_defaults_are_the_blend_notebooks():
+    import papermill as pm
+
+    params = pm.inspect_notebook(str(REPO / "notebooks" / "blend.ipynb"))
+    defaults = {k: yaml.safe_load(params[k]["default"]) for k in fixed_costs.DEFAULTS}
+    assert defaults == fixed_costs.DEFAULTS
+
+
+def test_blend_is_measured_by_running_its_parts(sample_dir, tmp_path):
+    pngs = [str(p) for p in sorted((sample_dir / "images").iterdir())][:4]
+    runs = [{"name": "a", "model": "efficientnet-lite0", "head": "regression", "size": 32, "folds": 2}]
+    work = {"params": {"gradcam_per_grade": 1, "prior_boot": 5, "shakeup_sims": 5}, "runs": runs, "n_oof": 60,
+            "n_test": 20}
+    parts = fixed_costs.measure_blend(work, pngs, tmp_path / "b")
+    assert set(parts) == {"fit", "gradcam", "report"} and all(v > 0 for v in parts.values())
+    assert (tmp_path / "b" / "report.html").is_file()
+    work["params"]["gradcam_per_grade"] = 0
+    assert "gradcam" not in fixed_costs.measure_blend(work, pngs, tmp_path / "c")
 
 
 def test_a_config_error_is_still_exit_status_2(sample_dir, tmp_path, capsys):

@@ -376,3 +376,10 @@ def test_a_models_size_schedule_is_its_fine_tunes_not_stage_1s(tmp_path):
     name = cfg["models"][0]["name"]
     assert steps[f"pretrain:{name}"].get("size_schedule") is None
     assert steps[f"train:{name}:fold0"]["size_schedule"] == [224, 256]
+
+
+def test_trainer_keeps_freed_memory(tiny_table, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(1))
+    loop.Trainer(TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 1}), tiny_table)
+    assert calls

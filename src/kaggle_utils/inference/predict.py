@@ -32,6 +32,7 @@ from kaggle_utils.data.decode import ImageReadError, read_image
 from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_array, retina_bbox
 from kaggle_utils.inference.files import FAILED_FILE, FLAGGED_FILE, PRED_FILE, VIEWS_FILE
 from kaggle_utils.training import precision
+from kaggle_utils.training.allocator import keep_freed_memory
 
 TTA_MODES = ("none", "hflip", "d8", "jitter<N>")
 TINY_PX = 64  # short side below this (real fundus photographs here: >= 340 px after reduced decoding)
@@ -264,6 +265,7 @@ def predict_batch(models: Sequence[nn.Module], x_uint8: torch.Tensor, mean: Sequ
     views = 0
     each = []
     prec = precision.resolve(device)  # training's "auto": fp16 on CUDA, fp32 on the CPU
+    keep_freed_memory()  # no page faults per batch on the CPU (training/allocator.py)
     for view in tta_batches(x, tta, seed):
         # channels-last on CPU too: depthwise/grouped convs run 1.3-2.5x faster there (models are converted
         # in load_run); a batch made from HWC arrays is already laid out so

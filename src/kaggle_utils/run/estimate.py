@@ -129,6 +129,7 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
 
     views = tta_views(str(infer_cfg.get("tta", "none")))
     rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     steps = chain.plan(config.load_config(cfg, plan_only=True), workdir)
     recipes: dict[str, dict[str, Any]] = {}  # cache folder -> its recipe (what the model's steps read)
     for step in steps:
@@ -160,7 +161,7 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
                 fwd = n_test * folds * views + (n_comp * views if infer_cfg.get("oof_tta") else 0)
                 here += cost.here(fam, 0, fwd, int(m.get("size", 224)))
                 p100 += cost.p100(fam, 0, fwd, int(m.get("size", 224)))
-                runs.append({"model": m["model"], "head": m.get("head", "regression"), "pool": m.get("pool", "avg"),
+                runs.append({"name": name, "model": m["model"], "head": m.get("head", "regression"), "pool": m.get("pool", "avg"),
                              "size": int(m.get("size", 224)), "folds": folds,
                              "preprocess": {**(cfg.get("preprocess") or {}), **(m.get("preprocess") or {})}})
             oof = f" + OOF x{views}" if infer_cfg.get("oof_tta") else ""
@@ -171,8 +172,11 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
                                   "n_oof": n_comp if infer_cfg.get("oof_tta") else 0,
                                   "batch_size": int(infer_cfg.get("batch_size", 32))}})
             continue
-        rows.append({"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
-                     "p100_s": 10.0})
+        row = {"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
+               "p100_s": 10.0}
+        if step.notebook == "blend" and runs:  # runs: the infer step's, just above
+            row["work"] = {"kind": "blend", "params": p, "runs": runs, "n_oof": n_comp, "n_test": n_test}
+        rows.append(row)
     facts = {"skipped_rows": len(skipped), "counts": counts, "n_comp": n_comp, "n_test": n_test,
              "elsewhere": elsewhere, "warnings": _test_warnings(test, test_csv),
              "budget_s": float(cfg.get("budget_hours", 9)) * 3600,

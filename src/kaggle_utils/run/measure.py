@@ -6,7 +6,8 @@ real thing briefly: for every distinct (model, head, size, batch, precision, loa
 Trainer itself (its precision choice from ``training.precision.resolve``, channels_last as the config says,
 its DataLoader and augmentation) on a few real images of the config's competition source preprocessed by the
 model's recipe and cached as the preprocess step would, and times optimiser steps (loading included), the
-validation pass and an epoch end's checkpoints; inference is ``predict_batch`` with the config's TTA views.
+validation pass and an epoch end's checkpoints; inference is ``predict_batch`` with the config's TTA views;
+the blend runs its own code on stand-in predictions (``fixed_costs``).
 Warm-up first (oneDNN/cuDNN choose kernels on the first calls), then the median of a few steps: a shared
 machine only ever slows a step down, and the median ignores a bad one. A step's time is these unit costs
 times the plan's counts, plus the measured start of a notebook (kernel + imports).
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kaggle_utils.run.fixed_costs import measure_blend, notebook_start_s
 
 WARMUP, STEPS = 2, 3  # optimiser steps: discarded, then timed (median)
 MAX_STEPS, ENOUGH_S = 9, 3.0  # cheap steps: up to 9 timed, while they total under 3 s
@@ -289,36 +291,6 @@ def load_s(originals: list[str], recipe: Any, size: int) -> float:
     return statistics.median(times[1:] or times)
 
 
-NOTEBOOK_IMPORTS = ("import pandas as pd\nfrom IPython.display import Image, display\nfrom kaggle_utils import io\n"
-                    "from kaggle_utils.data.assemble import stage_table\n"
-                    "from kaggle_utils.training import TrainConfig, load_table, train_fold\n"
-                    "import kaggle_utils.inference.predict, matplotlib.pyplot\n")
-
-
-def notebook_start_s(tmp: Path) -> float:
-    """A papermill step's fixed cost, measured as one: a fresh kernel running the notebooks' imports (a plain
-    Python doing the imports where papermill or a kernel is missing)."""
-    try:
-        import nbformat
-        import papermill as pm
-
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_IMPORTS)])
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nbformat.write(nb, str(tmp / "start.ipynb"))
-        t0 = time.perf_counter()
-        pm.execute_notebook(str(tmp / "start.ipynb"), str(tmp / "start_out.ipynb"), kernel_name="python3",
-                            progress_bar=False, cwd=str(tmp),
-                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # no kernel chatter
-        return time.perf_counter() - t0
-    except Exception:  # noqa: BLE001 - no kernel here: the imports alone are the best measure left
-        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", NOTEBOOK_IMPORTS.replace("from IPython.display import Image, "
-                                                                       "display\n", "")],
-                       env=env, capture_output=True)
-        return time.perf_counter() - t0
-
-
 # ----------------------------------------------------------------------------------------------- the plan
 
 
@@ -337,6 +309,7 @@ class Measurer:
         self.samples: dict[str, tuple[list[str], float]] = {}
         self.thresholds: dict[int, float] = {}
         self.loads: dict[tuple, float] = {}
+        self.blends: dict[str, dict[str, float]] = {}
         self.recipes: dict[str, str] = {}  # sample key -> a short description of its recipe
         self.start_s = notebook_start_s(tmp)
 
@@ -374,6 +347,13 @@ class Measurer:
             self.say(f"[measure] {u.label}: {1e3 * u.view_s:.2f} ms per image and view")
         return self.infer[key]
 
+    def blend_parts(self, work: dict[str, Any]) -> dict[str, float]:
+        key = str([work["runs"], work["n_oof"], work["n_test"]])  # a pseudo round's blend prices like the first
+        if key not in self.blends:
+            self.blends[key] = measure_blend(work, self.cached(work["runs"][0].get("preprocess") or {})[0],
+                                             self.tmp / f"blend{len(self.blends)}")
+        return self.blends[key]
+
     # ---- rows
     def row_s(self, row: dict[str, Any]) -> float:
         work = row.get("work") or {}
@@ -385,7 +365,9 @@ class Measurer:
             return self.train_s(work)
         if kind == "infer":
             return self.infer_s(work)
-        return row["here_s"]  # blend and pseudo-labelling: the estimate's constant
+        if kind == "blend":
+            return self.start_s + sum(self.blend_parts(work).values())
+        return row["here_s"]  # pseudo-labelling: the estimate's constant
 
     def train_s(self, work: dict[str, Any]) -> float:
         p = work["params"]
@@ -472,6 +454,8 @@ def _unit_lines(m: Measurer, took: float) -> list[str]:
     for v in m.infer.values():
         lines.append(f"  infer  {v.label}: {1e3 * v.view_s:.2f} ms per image and view (estimate "
                      f"{1e3 * v.est_view_s:.2f}, x{v.view_s / v.est_view_s:.2f})")
+    for parts in m.blends.values():
+        lines.append("  blend  " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + " (+ notebook start)")
     for key, (_, per) in m.samples.items():
         lines.append(f"  preprocess {m.recipes[key]}: {1e3 * per:.1f} ms/img (hash + recipe + PNG, 1 process)")
     return lines

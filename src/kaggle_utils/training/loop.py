@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 
 from kaggle_utils.data.dataset import FundusDataset, GradeBalancedSampler, ShuffleSampler
 from kaggle_utils.training import precision
+from kaggle_utils.training.allocator import keep_freed_memory
 from kaggle_utils.training.artifacts import FoldArtifacts
 from kaggle_utils.training.checkpoint import (
     deterministic,
@@ -105,6 +106,7 @@ class Trainer(FoldArtifacts):
         cuda = self.device.type == "cuda"
         prec = precision.resolve(self.device, cfg.amp, cfg.channels_last, cfg.amp_dtype)
         self.amp, self.amp_dtype, self.channels_last = prec.amp, prec.dtype, prec.channels_last
+        keep_freed_memory()  # activations reuse the heap instead of page-faulting in afresh (allocator.py)
 
         table = load_table(cfg, table)
         self.train_table, self.val_table = split_fold(table, cfg.fold, allow_no_val=True)
