@@ -48,7 +48,7 @@ def test_measure_times_every_step_and_exits_3_past_the_budget(sample_dir, tmp_pa
     assert len([line for line in lines if line.startswith("  train ")]) == 1  # a and b: one measurement
     assert "batch 2 bf16 channels_last" in out or "batch 2 fp32 channels_last" in out
     assert [line for line in lines if line.startswith("  infer ") and "TTA hflip" in line]
-    assert [line for line in lines if line.startswith("  blend  fit ") and "gradcam" in line and "report" in line]
+    assert [line for line in lines if line.startswith("  blend  start ") and "gradcam" in line and "report" in line]
     assert "OVER BUDGET" in err and "exceeds the 0.1m budget by" in err and "this CPU" in err
     assert not (tmp_path / "work").exists()  # measuring writes nothing into the workdir
 
@@ -84,7 +84,7 @@ def test_blend_is_measured_by_running_its_parts(sample_dir, tmp_path):
     work = {"params": {"gradcam_per_grade": 1, "prior_boot": 5, "shakeup_sims": 5}, "runs": runs, "n_oof": 60,
             "n_test": 20}
     parts = fixed_costs.measure_blend(work, pngs, tmp_path / "b")
-    assert set(parts) == {"fit", "gradcam", "report"} and all(v > 0 for v in parts.values())
+    assert set(parts) == {"start", "fit", "gradcam", "report"} and all(v > 0 for v in parts.values())
     assert (tmp_path / "b" / "report.html").is_file()
     work["params"]["gradcam_per_grade"] = 0
     assert "gradcam" not in fixed_costs.measure_blend(work, pngs, tmp_path / "c")

@@ -51,13 +51,14 @@ def measure_blend(work: dict[str, Any], pngs: list[str], out: Path) -> dict[str,
     from kaggle_utils.models import create_model
 
     p = {**DEFAULTS, **{k: v for k, v in work["params"].items() if k in DEFAULTS and v is not None}}
+    parts = {"start": notebook_start_s(out / "start", BLEND_IMPORTS)}  # a kernel importing what the blend does
     runs = work["runs"]
     names = [r["name"] for r in runs]
     oof, test = stand_in_predictions(names, work["n_oof"], work["n_test"], max(r["folds"] for r in runs))
     t0 = time.perf_counter()
     result = ensemble.blend_runs(oof, test, next(iter(test.values()))["id"], method=p["method"],
                                  thresholds=p["thresholds"], prior_method=p["prior_method"], n_boot=p["prior_boot"])
-    parts = {"fit": time.perf_counter() - t0}
+    parts["fit"] = time.perf_counter() - t0
     examples = None
     if p["gradcam_per_grade"]:
         first = runs[0]
@@ -85,14 +86,20 @@ NOTEBOOK_IMPORTS = ("import pandas as pd\nfrom IPython.display import Image, dis
                     "import kaggle_utils.inference.predict, matplotlib.pyplot\n")
 
 
-def notebook_start_s(tmp: Path) -> float:
+BLEND_IMPORTS = ("from IPython.display import IFrame, display\nfrom kaggle_utils import io, report\n"
+                 "from kaggle_utils.inference import ensemble, shift\n"  # notebooks/blend.py's, and Grad-CAM's:
+                 "import kaggle_utils.data.dataset, kaggle_utils.inference.predict, kaggle_utils.training.checkpoint\n")
+
+
+def notebook_start_s(tmp: Path, imports: str = NOTEBOOK_IMPORTS) -> float:
     """A papermill step's fixed cost, measured as one: a fresh kernel running the notebooks' imports (a plain
     Python doing the imports where papermill or a kernel is missing)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         import nbformat
         import papermill as pm
 
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_IMPORTS)])
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(imports)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, str(tmp / "start.ipynb"))
         t0 = time.perf_counter()
@@ -103,7 +110,6 @@ def notebook_start_s(tmp: Path) -> float:
     except Exception:  # noqa: BLE001 - no kernel here: the imports alone are the best measure left
         env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", NOTEBOOK_IMPORTS.replace("from IPython.display import Image, "
-                                                                       "display\n", "")],
-                       env=env, capture_output=True)
+        plain = "\n".join(line for line in imports.splitlines() if "IPython" not in line)
+        subprocess.run([sys.executable, "-c", plain], env=env, capture_output=True)
         return time.perf_counter() - t0
