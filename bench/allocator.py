@@ -72,7 +72,7 @@ def main() -> None:
     med = {side: {k: statistics.median(row[k] for row in rows) for k in rows[0]} for side, rows in results.items()}
     print(f"\n{args.model} @{args.size}, {args.rounds} rounds, {os.cpu_count()} cores; medians")
     for side, m in med.items():
-        print(f"  {side:<22} infer {m['infer_ms']:6.1f} ms/image-view ({m['faults']:9.0f} faults/batch)  "
+        print(f"  {side:<22} infer {m['infer_ms']:6.1f} ms/image-view ({m['faults']:7.0f} faults/batch, model build incl.)  "
               f"train {m['step_s']:.3f} s/step  validation {m['val_ms']:.1f} ms/img")
     base, kept = med["glibc default"], med["kept (the package's)"]
     print(f"train step: {base['step_s'] / kept['step_s']:.2f}x, validation: {base['val_ms'] / kept['val_ms']:.2f}x")
