@@ -1,11 +1,11 @@
 """What no FLOP count sees, measured by doing it: a papermill step's start, and the blend step.
 
 A step's start is a fresh kernel importing what the notebooks import. The blend step's time is mostly such
-fixed costs: fitting weights and thresholds on the OOF rows, the
-test prior's bootstrap (``prior_boot`` EM fits), Grad-CAM on ``gradcam_per_grade`` images per grade (a forward
-and a backward pass each, at the model's size) and the report (a dozen plots, the shake-up simulation). Each
-is run here as the blend notebook runs it: ``blend_runs`` and ``write_report`` on random predictions with
-APTOS's grade mix, and ``gradcam_examples`` with an untrained model of the first run on the sample images.
+fixed costs: its imports, fitting weights and thresholds on the OOF rows, the test prior's bootstrap
+(``prior_boot`` EM fits), Grad-CAM on ``gradcam_per_grade`` images per grade (a forward and a backward pass
+each, at the model's size) and the report (a dozen plots, the shake-up simulation). Each is run here as the
+blend notebook runs it: ``blend_runs`` and ``write_report`` on random predictions with APTOS's grade mix, and
+``gradcam_examples`` with an untrained model of the first run on the sample images.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# the blend notebook's parameter defaults (tests/test_plan_measure.py keeps them equal to notebooks/blend.py)
+# the blend notebook's parameter defaults (tests/test_measure.py keeps them equal to notebooks/blend.py's)
 DEFAULTS = {"method": "qwk", "thresholds": "oof", "prior_method": "em", "prior_boot": 200, "gradcam_per_grade": 2,
             "shakeup_public": 1928, "shakeup_private": 11000, "shakeup_sims": 300}
 APTOS_GRADES = (1805, 370, 999, 193, 295)  # APTOS 2019 training images per grade
@@ -42,7 +42,7 @@ def stand_in_predictions(names: list[str], n_oof: int, n_test: int, n_folds: int
 
 
 def measure_blend(work: dict[str, Any], pngs: list[str], out: Path) -> dict[str, float]:
-    """Seconds of each part of the blend step (the notebook's start is the caller's)."""
+    """Seconds of each part of the blend step: its notebook's start, fit, Grad-CAM, report."""
     import cv2
 
     from kaggle_utils import report

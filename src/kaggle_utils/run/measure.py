@@ -424,9 +424,7 @@ def measure(cfg: dict[str, Any], rows: list[dict[str, Any]], facts: dict[str, An
     with tempfile.TemporaryDirectory(prefix="kaggle_utils_measure_") as tmp:
         m = Measurer(cfg, facts, Path(tmp), say)
         say(f"[measure] on {device_name(m.dev)}: notebook start {m.start_s:.1f} s")
-        # inference first: timed after training's steps, the same forward read 15-20 % slower here (a heap
-        # grown by backward passes) than the infer step, a fresh kernel, runs it
-        for row in sorted(rows, key=lambda r: (r.get("work") or {}).get("kind") != "infer"):
+        for row in rows:
             row["measured_s"] = m.row_s(row)
     total = sum(r["measured_s"] for r in rows)
     lines = _unit_lines(m, time.perf_counter() - t0)
