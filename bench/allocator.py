@@ -2,9 +2,9 @@
 
 Each side runs in its own child process (the setting is process-wide), alternating for ``--rounds`` rounds
 with the order flipped each round: inference (``predict_batch``, the infer step's path: channels_last, hflip
-TTA, batch 32) in ms per image and view with its minor page faults per batch, then training (the Trainer's
-optimiser step at batch 16, and its validation pass), on real APTOS photographs. Medians over rounds; the last
-line is the inference ratio.
+TTA, batch 32) in ms per image and view with the minor page faults of that whole measurement (model build,
+warm-up and timed batches), then training (the Trainer's optimiser step at batch 16, and its validation
+pass), on real APTOS photographs. Medians over rounds; the last line is the inference ratio.
 
     python bench/allocator.py [--model efficientnet-lite0] [--size 224] [--rounds 3]
 """
@@ -39,8 +39,8 @@ def child(model: str, size: int) -> dict[str, float]:
     dev = torch.device("cpu")
     run = {"model": model, "head": "regression", "size": size}
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    infer = measure.measure_infer(run, 32, "hflip", pngs, dev)  # 1 warm-up + 2 timed batches
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 3
+    infer = measure.measure_infer(run, 32, "hflip", pngs, dev)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     params = {"model": model, "head": "regression", "size": size, "batch_size": 16, "epochs": 1,
               "channels_last": True, "num_workers": 0, "lr": 1e-3}
     train = measure.measure_train(params, pngs, dev, Path(tempfile.mkdtemp()))
@@ -72,7 +72,7 @@ def main() -> None:
     med = {side: {k: statistics.median(row[k] for row in rows) for k in rows[0]} for side, rows in results.items()}
     print(f"\n{args.model} @{args.size}, {args.rounds} rounds, {os.cpu_count()} cores; medians")
     for side, m in med.items():
-        print(f"  {side:<22} infer {m['infer_ms']:6.1f} ms/image-view ({m['faults']:7.0f} faults/batch, model build incl.)  "
+        print(f"  {side:<22} infer {m['infer_ms']:6.1f} ms/image-view ({m['faults']:8.0f} page faults in all)  "
               f"train {m['step_s']:.3f} s/step  validation {m['val_ms']:.1f} ms/img")
     base, kept = med["glibc default"], med["kept (the package's)"]
     print(f"train step: {base['step_s'] / kept['step_s']:.2f}x, validation: {base['val_ms'] / kept['val_ms']:.2f}x")
