@@ -3,17 +3,20 @@
 Every model of each chain and its blend, scored on the same folds: out-of-fold QWK with thresholds fitted on the
 OOF (optimistic: fitted on what they score) and with the fixed 0.5..3.5 cuts, per-fold spread, referable-DR AUC,
 then the held-out competition images (``holdout:`` in the config, never trained on, never used for fitting)
-scored with the OOF-fitted thresholds: the honest number. The generalisation guard: the same fold models on the
-413 IDRiD photographs (another camera, another country; none of the runs may have trained on them), preprocessed
-the way the chain treats an external source (retina crop, Ben Graham, stretched to the model's size), with the
-OOF-fitted thresholds and the fixed cuts. ``train_min`` is the model's training step time (stage 1 included),
-``run_min`` the whole chain's step time.
+scored with the OOF-fitted thresholds: the honest number. The generalisation guards, left out of training: the
+same fold models on photographs of other cameras and countries that the run never trained on (IDRiD, 413,
+India; the natural-colour EyePACS-810, USA), preprocessed the way the chain treats an external source (retina
+crop, Ben Graham, stretched to the model's size). Per guard: QWK with the OOF-fitted thresholds and with the
+fixed cuts, referable AUC, sensitivity and specificity at the fitted referable cut, and the mean predicted
+grade beside the true one (a camera shift shows as drift). The script refuses a workdir that trained on a
+guard. ``train_min`` is the model's training step time (stage 1 included), ``run_min`` the whole chain's.
 
     python bench/aptos_ablation.py [outputs/aptos_cpu [outputs/aptos_baseline ...]] [--folds K[,K...]]
-        [--no-tta] [--idrid CSV IMAGES | --no-idrid]
+        [--no-tta] [--guards idrid,eyepacs810 | --guards none] [--adapt-bn 0,0.5,1]
 
 ``--folds 0`` scores one fold's model, ``--folds 0,1,2`` an ensemble of three of the five (the time-for-quality
-trade of training fewer fold models; their OOF covers those folds only).
+trade of training fewer fold models; their OOF covers those folds only). ``--adapt-bn`` adds a row per mix of
+test-time BatchNorm adaptation (inference/adapt.py), each test set (held-out, every guard) adapted to itself.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -32,7 +36,23 @@ import yaml  # noqa: E402
 
 from kaggle_utils import io, metrics  # noqa: E402
 
-IDRID = ("../shared/data/idrid_train/labels.csv", "../shared/data/idrid_train/images")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+class Guard(NamedTuple):
+    """A labelled set from a camera the runs did not train on."""
+
+    name: str
+    reader: str
+    csv: str
+    images: str
+
+
+GUARDS = {
+    "idrid": Guard("idrid", "idrid", str(DATA / "idrid_train" / "labels.csv"), str(DATA / "idrid_train" / "images")),
+    "eyepacs810": Guard("eyepacs810", "eyepacs", str(DATA / "eyepacs1024" / "trainLabels.csv"),
+                        str(DATA / "eyepacs1024" / "images")),
+}
 
 
 def _score(y: np.ndarray, pred: np.ndarray, thr: np.ndarray) -> tuple[float, float]:
@@ -57,36 +77,79 @@ def step_minutes(workdir: Path, folds: list[int] | None = None) -> tuple[dict[st
     return per_model, sum(rec["seconds"] for rec in steps.values()) / 60
 
 
-def idrid_predictions(workdir: Path, names: list[str], csv: str, images: str) -> pd.DataFrame:
-    """Every model's prediction per fold and TTA view (``<model>:pred_fold<k>_view<v>``) on IDRiD; cached in
-    ``<workdir>/idrid_guard/`` and redone when a checkpoint changes."""
-    from kaggle_utils.data import cache, preprocess, sources
+def trained_on(workdir: Path, guard: Guard) -> bool:
+    """Whether the chain in ``workdir`` had ``guard``'s photographs among its sources (by label file or image
+    folder in its config, or by a dataset of the guard's name in its table)."""
+    names = set(io.read_csv(workdir / "data" / "folds.csv")["dataset"].astype(str).str.lower())
+    if any(guard.name.rstrip("0123456789") == n or guard.name in n for n in names):
+        return True
+    config = workdir / "config.yaml"
+    if not config.is_file():
+        return False
+    own = {os.path.realpath(guard.csv), os.path.realpath(guard.images)}
+    for source in (yaml.safe_load(config.read_text()).get("data") or {}).get("sources") or []:
+        paths = {os.path.realpath(workdir.parent.parent / source[k]) for k in ("csv", "images") if k in source}
+        paths |= {os.path.realpath(source[k]) for k in ("csv", "images") if k in source}
+        if paths & own:
+            return True
+    return False
+
+
+def _views(workdir: Path, names: list[str], tag: str, table: pd.DataFrame, recipe_of: object,
+           adapt_bn: float) -> pd.DataFrame:
+    """Every model's prediction per fold and TTA view (``<model>:pred_fold<k>_view<v>``) on ``table`` (``id,
+    path, grade``), through ``recipe_of(run)`` (a cache recipe, or None: the run's own); cached in
+    ``<workdir>/guards/<tag>/`` and redone when a checkpoint, the images or the adaptation change."""
+    from kaggle_utils.data import cache
     from kaggle_utils.inference import predict
 
     runs = {n: workdir / "runs" / n for n in names}
     stamps = sorted(f"{p}:{p.stat().st_mtime_ns}" for r in runs.values() for p in predict.fold_checkpoints(r))
-    key = hashlib.sha256("\n".join([csv, images, *stamps]).encode()).hexdigest()[:16]
-    out = workdir / "idrid_guard" / f"preds_{key}.csv"
+    key = hashlib.sha256("\n".join([tag, str(adapt_bn), *table["path"].astype(str), *stamps]).encode()
+                         ).hexdigest()[:16]
+    out = workdir / "guards" / tag / f"preds_{key}.csv"
     if out.is_file():
         return _read(out)
-    table = sources.load_source("idrid", csv, images)
     tta = (yaml.safe_load((workdir / "config.yaml").read_text()).get("infer") or {}).get("tta", "none")
     parts = []
     for name, run_dir in runs.items():
         run = predict.load_run(run_dir, name=name)
-        recipe = preprocess.PreprocessConfig(size=run.size, crop=True, ben_graham=True, resize_mode="stretch")
-        cache.build_cache(table, workdir / "idrid_guard" / f"cache{run.size}", recipe, progress=False)
-        cached = cache.load_cache(workdir / "idrid_guard" / f"cache{run.size}")
-        if len(cached) < len(table):
-            print(f"warning: {len(table) - len(cached)} IDRiD image(s) failed to preprocess", file=sys.stderr)
-        test = pd.DataFrame({"id": cached["id"].astype(str), "path": cached["cache_path"]})
-        result = predict.predict_runs([run], test, tta=tta, progress=False)[name].set_index("id")
+        recipe = recipe_of(run)
+        test = table[["id", "path"]]
+        if recipe is not None:
+            folder = workdir / "guards" / tag / f"cache{run.size}"
+            cache.build_cache(table, folder, recipe, progress=False)
+            cached = cache.load_cache(folder)
+            if len(cached) < len(table):
+                print(f"warning: {len(table) - len(cached)} {tag} image(s) failed to preprocess", file=sys.stderr)
+            test = pd.DataFrame({"id": cached["id"].astype(str), "path": cached["cache_path"]})
+        result = predict.predict_runs([run], test, tta=tta, progress=False, adapt_bn=adapt_bn)[name].set_index("id")
         views = [c for c in result.columns if c.startswith("pred_fold") and "_view" in c]
+        if not views:  # no TTA: the folds' columns are the one view
+            views = [c for c in result.columns if c.startswith("pred_fold")]
+            result = result.rename(columns={c: f"{c}_view0" for c in views})
+            views = [f"{c}_view0" for c in views]
         parts.append(result[views].add_prefix(f"{name}:"))
     df = pd.concat(parts, axis=1)
     df["grade"] = table.set_index("id").loc[df.index, "grade"].astype(int)
     io.write_csv(out, df.reset_index())
     return df
+
+
+def guard_predictions(workdir: Path, names: list[str], guard: Guard, adapt_bn: float = 0.0) -> pd.DataFrame:
+    """The models on ``guard``'s photographs, preprocessed like an external source (crop, Ben, stretch)."""
+    from kaggle_utils.data import preprocess, sources
+
+    table = sources.load_source(guard.reader, guard.csv, guard.images)
+    return _views(workdir, names, guard.name, table, lambda run: preprocess.PreprocessConfig(
+        size=run.size, crop=True, ben_graham=True, resize_mode="stretch"), adapt_bn)
+
+
+def holdout_predictions(workdir: Path, names: list[str], adapt_bn: float) -> pd.DataFrame:
+    """The models on the held-out competition images through their own recipe, adapted to that set."""
+    table = io.read_csv(workdir / "data" / "test.csv")
+    table["id"] = table["id"].astype(str)
+    return _views(workdir, names, "holdout", table, lambda run: None, adapt_bn)
 
 
 def _n_views(df: pd.DataFrame) -> int:
@@ -115,9 +178,21 @@ def model_predictions(workdir: Path, name: str, folds: list[int] | None,
     return oof, _mean_views(views, "", folds, list(range(_n_views(views))) if tta else [0])
 
 
-def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, folds: list[int] | None = None,
-          tta: bool = True) -> pd.DataFrame:
+def guard_columns(prefix: str, y: np.ndarray, pred: np.ndarray, thr: np.ndarray) -> dict[str, float]:
+    """One test set's columns: QWK (OOF thresholds / fixed cuts), referable AUC, sensitivity and specificity
+    at the fitted referable cut (predicted grade >= 2), mean predicted (fitted thresholds) and true grade."""
+    fitted, fixed = _score(y, pred, thr)
+    ref = metrics.referable_dr(y, pred, threshold=float(thr[1]))
+    return {f"{prefix}_qwk_oof_thr": fitted, f"{prefix}_qwk_fixed": fixed, f"{prefix}_auc": ref["auc"],
+            f"{prefix}_sens": ref["sensitivity"], f"{prefix}_spec": ref["specificity"],
+            f"{prefix}_mean_pred": float(metrics.apply_thresholds(pred, thr).mean()),
+            f"{prefix}_mean_true": float(y.mean())}
+
+
+def table(workdir: Path, guards: list[Guard] | None = None, folds: list[int] | None = None,
+          tta: bool = True, adapt_bn: float = 0.0) -> pd.DataFrame:
     """One row per model of the chain and its blend (the blend's weights over the models' predictions)."""
+    guards = [] if guards is None else guards
     models = io.read_csv(workdir / "blend" / "summary_models.csv")
     names = [m for m in models["model"] if m != "blend"]
     weights = models.set_index("model").loc[names, "weight"].to_numpy(float)
@@ -126,39 +201,60 @@ def table(workdir: Path, idrid: tuple[str, str] | None = IDRID, folds: list[int]
     first = preds[names[0]][0]
     oof = pd.DataFrame({n: preds[n][0]["pred"].loc[first.index] for n in names})
     oof["grade"], oof["fold"] = first["grade"], first["fold"]
-    test = pd.DataFrame({n: preds[n][1].loc[truth.index] for n in names})
+    fold_list = sorted(oof["fold"].unique())
+    views_used = (lambda df: list(range(_n_views(df)))) if tta else (lambda df: [0])
+    if adapt_bn:  # the held-out set predicted again, adapted to itself
+        held = holdout_predictions(workdir, names, adapt_bn)
+        test = pd.DataFrame({n: _mean_views(held, f"{n}:", fold_list, views_used(held)) for n in names})
+    else:
+        test = pd.DataFrame({n: preds[n][1] for n in names})
+    test = test.loc[truth.index.astype(test.index.dtype)]
     oof["blend"], test["blend"] = oof[names].to_numpy() @ weights, test[names].to_numpy() @ weights
-    guard = None
-    if idrid:
-        views = idrid_predictions(workdir, names, *idrid)
-        guard = pd.DataFrame({n: _mean_views(views, f"{n}:", sorted(oof["fold"].unique()), list(range(_n_views(views))) if tta else [0])
-                              for n in names})
-        guard["blend"], guard["grade"] = guard[names].to_numpy() @ weights, views["grade"]
+    scored = {}
+    for guard in guards:
+        views = guard_predictions(workdir, names, guard, adapt_bn)
+        frame = pd.DataFrame({n: _mean_views(views, f"{n}:", fold_list, views_used(views)) for n in names})
+        frame["blend"], frame["grade"] = frame[names].to_numpy() @ weights, views["grade"]
+        scored[guard.name] = frame
     minutes, run_min = step_minutes(workdir, folds)
     y, yt = oof["grade"].to_numpy(int), truth.to_numpy(int)
     picked = "" if folds is None else f", fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))}"
-    variant = picked + ("" if tta else ", no TTA")
+    variant = picked + ("" if tta else ", no TTA") + (f", AdaBN {adapt_bn:g}" if adapt_bn else "")
     rows = []
     for col in [*names, "blend"] if len(names) > 1 else names:
         p = oof[col].to_numpy(float)
         thr = metrics.optimise_thresholds(p, y)
         fitted, fixed = _score(y, p, thr)
         per_fold = [metrics.qwk(y[f], metrics.apply_thresholds(p[f], metrics.DEFAULT_THRESHOLDS))
-                    for f in (oof["fold"] == k for k in sorted(oof["fold"].unique()))]
+                    for f in (oof["fold"] == k for k in fold_list)]
         h_fitted, h_fixed = _score(yt, test[col].to_numpy(float), thr)
         row = {"run": workdir.name, "model": col + variant, "oof_qwk_fitted": fitted, "oof_qwk_fixed": fixed,
                "fold_qwk_fixed_mean": np.mean(per_fold), "fold_qwk_fixed_sd": np.std(per_fold),
                "referable_auc": metrics.referable_dr(y, p)["auc"],
                "holdout_qwk_oof_thr": h_fitted, "holdout_qwk_fixed": h_fixed,
                "holdout_referable_auc": metrics.referable_dr(yt, test[col].to_numpy(float))["auc"]}
-        if guard is not None:
-            yi, pi = guard["grade"].to_numpy(int), guard[col].to_numpy(float)
-            row["idrid_qwk_oof_thr"], row["idrid_qwk_fixed"] = _score(yi, pi, thr)
-            row["idrid_referable_auc"] = metrics.referable_dr(yi, pi)["auc"]
+        for name, frame in scored.items():
+            row.update(guard_columns(name, frame["grade"].to_numpy(int), frame[col].to_numpy(float), thr))
         row["train_min"] = sum(minutes.get(m, 0.0) for m in names) if col == "blend" else minutes.get(col, 0.0)
         row["run_min"] = run_min
         rows.append(row)
     return pd.DataFrame(rows).set_index(["run", "model"])
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected mixes like 0,0.5,1, got {text!r}") from None
+
+
+def _guard_list(text: str) -> list[Guard]:
+    if text == "none":
+        return []
+    unknown = [g for g in text.split(",") if g not in GUARDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown guard(s) {unknown}; choose from {sorted(GUARDS)} or 'none'")
+    return [GUARDS[g] for g in text.split(",")]
 
 
 def _fold_list(text: str) -> list[int]:
@@ -181,12 +277,13 @@ def markdown(df: pd.DataFrame) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("workdirs", nargs="*", default=["outputs/aptos_cpu"])
-    ap.add_argument("--idrid", nargs=2, metavar=("CSV", "IMAGES"), default=list(IDRID),
-                    help="the generalisation guard's labels and photographs (default: ../shared/data/idrid_train)")
-    ap.add_argument("--no-idrid", action="store_true", help="skip the IDRiD columns")
+    ap.add_argument("--guards", type=_guard_list, default=list(GUARDS.values()), metavar="NAME[,NAME]|none",
+                    help=f"the sets left out of training to score on (default: {','.join(GUARDS)})")
     ap.add_argument("--folds", "--fold", type=_fold_list, metavar="K[,K...]",
                     help="score these folds' models (one, or a smaller ensemble) instead of all the chain's")
     ap.add_argument("--no-tta", action="store_true", help="the first TTA view alone (OOF: training's own)")
+    ap.add_argument("--adapt-bn", type=_float_list, default=[0.0], metavar="MIX[,MIX...]",
+                    help="a row per share of test-set BatchNorm statistics (0 = off; default 0)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/recipes.md)")
     args = ap.parse_args(argv)
     frames = []
@@ -194,11 +291,13 @@ def main(argv: list[str]) -> int:
         if not (workdir / "blend" / "summary_models.csv").exists():
             print(f"error: {workdir} has no finished blend; run its chain first (`make aptos`)", file=sys.stderr)
             return 1
-        trained_on = set(io.read_csv(workdir / "data" / "folds.csv")["dataset"].astype(str).str.lower())
-        if not args.no_idrid and any("idrid" in name for name in trained_on):
-            print(f"error: {workdir} trained on IDRiD; the guard needs runs that never saw it", file=sys.stderr)
+        seen = [g.name for g in args.guards if trained_on(workdir, g)]
+        if seen:
+            print(f"error: {workdir} trained on the guard(s) {seen}; a guard needs runs that never saw it "
+                  f"(--guards picks others)", file=sys.stderr)
             return 1
-        frames.append(table(workdir, None if args.no_idrid else tuple(args.idrid), args.folds, not args.no_tta))
+        for mix in args.adapt_bn:
+            frames.append(table(workdir, args.guards, args.folds, not args.no_tta, mix))
         n_oof = len(io.read_csv(workdir / "data" / "folds.csv"))
         n_test = len(io.read_csv(workdir / "data" / "test.csv"))
         print(f"{workdir}: {n_oof} training rows (OOF on the competition's), {n_test} held-out images")

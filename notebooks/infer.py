@@ -27,6 +27,7 @@ test_images = None
 test_ext = ".png"
 out_dir = "outputs/demo/preds"
 tta = "hflip"
+adapt_bn = 0.0  # share of BatchNorm statistics re-estimated on the test images (0 = off, 1 = AdaBN)
 batch_size = 32
 workers = None  # loader threads; None: half the cores
 device = "auto"
@@ -45,7 +46,8 @@ test = sources.test_table(test_csv, test_images, ext=test_ext)
 print(f"{len(test)} test images")
 
 # %%
-results = predict.infer(run_dirs, test, out_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
+results = predict.infer(run_dirs, test, out_dir, tta=tta, batch_size=batch_size, workers=workers, device=device,
+                        adapt_bn=adapt_bn)
 for name, df in results.items():
     print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} failed, "
           f"{int((df['flag'] != '').sum())} flagged")

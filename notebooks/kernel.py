@@ -27,6 +27,7 @@ test_images = "/kaggle/input/aptos2019-blindness-detection/test_images"
 test_ext = ".png"
 out_dir = "/kaggle/working"
 tta = "hflip"
+adapt_bn = 0.0  # share of BatchNorm statistics re-estimated on the test images (0 = off, 1 = AdaBN)
 batch_size = 32
 workers = 4
 device = "auto"
@@ -80,7 +81,8 @@ print(f"{len(test)} test images; runs {names}")
 
 # %%
 preds_dir = Path(out_dir) / "preds"
-results = predict.infer(run_dirs, test, preds_dir, tta=tta, batch_size=batch_size, workers=workers, device=device)
+results = predict.infer(run_dirs, test, preds_dir, tta=tta, batch_size=batch_size, workers=workers, device=device,
+                        adapt_bn=adapt_bn)
 for name, df in results.items():
     print(f"{name}: {int((df['status'] == 'ok').sum())} predicted, {int((df['status'] != 'ok').sum())} unreadable")
 

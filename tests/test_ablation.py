@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from kaggle_utils import io
 
@@ -56,13 +57,13 @@ def _workdir(tmp_path: Path, trained_on: str = "aptos") -> Path:
 
 def test_variants_score_the_predictions_they_name(tmp_path):
     work = _workdir(tmp_path)
-    one_view = ablation.table(work, idrid=None, folds=[0], tta=False)
+    one_view = ablation.table(work, guards=None, folds=[0], tta=False)
     assert one_view.loc[("work", "a, fold 0, no TTA"), "holdout_qwk_fixed"] == pytest.approx(1.0)
     assert one_view.loc[("work", "blend, fold 0, no TTA"), "holdout_qwk_fixed"] == pytest.approx(1.0)  # weights 1/0
     assert one_view.loc[("work", "a, fold 0, no TTA"), "train_min"] == pytest.approx(1.0)  # fold 0's step only
-    both_views = ablation.table(work, idrid=None, folds=[0], tta=True)  # view 1 is 4 - grade: the mean is 2
+    both_views = ablation.table(work, guards=None, folds=[0], tta=True)  # view 1 is 4 - grade: the mean is 2
     assert both_views.loc[("work", "a, fold 0"), "holdout_qwk_fixed"] == pytest.approx(0.0)
-    ensemble = ablation.table(work, idrid=None)
+    ensemble = ablation.table(work, guards=None)
     assert ensemble.loc[("work", "a"), "holdout_qwk_fixed"] < 0.9  # fold 1's model is noise
     assert ensemble.loc[("work", "a"), "oof_qwk_fixed"] == pytest.approx(1.0)
     row = ensemble.loc[("work", "b")]
@@ -73,21 +74,47 @@ def test_variants_score_the_predictions_they_name(tmp_path):
 def test_guard_refuses_a_run_that_trained_on_idrid(tmp_path, capsys):
     work = _workdir(tmp_path, trained_on="idrid")
     assert ablation.main([str(work)]) == 1
-    assert "trained on IDRiD" in capsys.readouterr().err
-    assert ablation.main([str(work), "--no-idrid", "--markdown"]) == 0
+    assert "trained on the guard(s) ['idrid']" in capsys.readouterr().err
+    assert ablation.main([str(work), "--guards", "none", "--markdown"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("| work | blend | ")
+
+
+def test_guard_refuses_a_run_whose_config_lists_its_photographs(tmp_path):
+    """A source named anything ('eyepacs' in aptos_baseline.yaml, 'dr_natural' here) that reads the guard's
+    label file is training on the guard; the equalised EyePACS (another folder) is not."""
+    work = _workdir(tmp_path)
+    guard = ablation.GUARDS["eyepacs810"]
+    source = {"name": "dr_natural", "reader": "eyepacs", "csv": guard.csv, "images": guard.images, "role": "external"}
+    other = {**source, "name": "eyepacs_eq", "csv": "../shared/data/eyepacs256_equalised/trainLabels.csv",
+             "images": "../shared/data/eyepacs256_equalised/images"}
+    io.write_text(work / "config.yaml", yaml.safe_dump({"data": {"sources": [other]}}))
+    assert not ablation.trained_on(work, guard)
+    io.write_text(work / "config.yaml", yaml.safe_dump({"data": {"sources": [other, source]}}))
+    assert ablation.trained_on(work, guard)
+    assert not ablation.trained_on(work, ablation.GUARDS["idrid"])
+
+
+def test_guard_columns_count_referrals_and_drift():
+    y = np.array([0, 0, 0, 1, 2, 2, 3, 4])
+    pred = np.array([0.1, 0.2, 1.6, 0.9, 1.4, 2.2, 2.6, 3.9])  # one false referral, one missed
+    cols = ablation.guard_columns("g", y, pred, np.array([0.5, 1.5, 2.5, 3.5]))
+    assert cols["g_sens"] == pytest.approx(3 / 4) and cols["g_spec"] == pytest.approx(3 / 4)
+    assert cols["g_mean_true"] == pytest.approx(y.mean())
+    assert cols["g_mean_pred"] == pytest.approx(np.mean([0, 0, 2, 1, 1, 2, 3, 4]))
+    shifted = ablation.guard_columns("g", y, pred, np.array([0.5, 1.0, 2.5, 3.5]))  # a lower referable cut
+    assert shifted["g_sens"] == 1.0 and shifted["g_auc"] == cols["g_auc"]
 
 
 def test_a_fold_subset_is_scored_as_its_own_ensemble(tmp_path, capsys):
     work = _workdir(tmp_path)
-    subset = ablation.table(work, idrid=None, folds=[0, 1])
-    ensemble = ablation.table(work, idrid=None)
+    subset = ablation.table(work, guards=None, folds=[0, 1])
+    ensemble = ablation.table(work, guards=None)
     assert subset.loc[("work", "a, folds 0,1"), "holdout_qwk_fixed"] == ensemble.loc[("work", "a"),
                                                                                       "holdout_qwk_fixed"]
     assert subset.loc[("work", "a, folds 0,1"), "train_min"] == pytest.approx(2.0)
     with pytest.raises(SystemExit, match=r"no model for fold\(s\) \[7\]"):
-        ablation.table(work, idrid=None, folds=[0, 7])
-    assert ablation.main([str(work), "--no-idrid", "--fold", "1,0", "--markdown"]) == 0
+        ablation.table(work, guards=None, folds=[0, 7])
+    assert ablation.main([str(work), "--guards", "none", "--fold", "1,0", "--markdown"]) == 0
     assert "| work | a, folds 0,1 | " in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        ablation.main([str(work), "--no-idrid", "--folds", "x"])
+        ablation.main([str(work), "--guards", "none", "--folds", "x"])

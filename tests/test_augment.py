@@ -47,7 +47,7 @@ def test_presets_augment_and_differ(fundus):
     assert "CoarseDropout" in seed_names - first_names and "HueSaturationValue" in first_names - seed_names
 
 
-@pytest.mark.parametrize("preset", ["seed", "first_place"])
+@pytest.mark.parametrize("preset", ["seed", "first_place", "camera"])
 def test_seed_determinism(preset, fundus):
     def run(seed):
         aug = get_augmentation(preset, SIZE, seed=seed)
@@ -82,3 +82,23 @@ def test_bad_arguments():
         get_augmentation("heavy", SIZE)
     with pytest.raises(ValueError, match="positive"):
         get_augmentation("none", 0)
+
+
+def test_camera_transforms_do_what_they_say():
+    """LocalContrast scales distances from the Ben grey (128 stays 128); FieldOfView greys what lies outside
+    its circle and, with a cut, bands at top and bottom; the camera preset contains every camera effect."""
+    from kaggle_utils.data.augment import FieldOfView, LocalContrast
+
+    ramp = np.tile(np.arange(0, 256, 2, dtype=np.uint8)[None, :, None], (4, 1, 3))
+    doubled = LocalContrast(factor_range=(2.0, 2.0), p=1.0)(image=ramp)["image"]
+    np.testing.assert_array_equal(doubled[0, :, 0], np.clip(128 + 2 * (ramp[0, :, 0].astype(int) - 128), 0, 255))
+    img = np.full((64, 64, 3), 200, np.uint8)
+    small = FieldOfView(radius_range=(0.5, 0.5), cut_p=0.0, p=1.0)(image=img)["image"]
+    assert (small[32, 32] == 200).all() and (small[0, 0] == 128).all() and (small[32, 2] == 128).all()
+    band = FieldOfView(radius_range=(1.5, 1.5), cut_p=1.0, cut_range=(0.1, 0.1), p=1.0)(image=img)["image"]
+    assert (band[3, 32] == 128).all() and (band[60, 32] == 128).all() and (band[8:56] == 200).all()
+    with pytest.raises(ValueError):
+        LocalContrast(factor_range=(0.0, 1.0))
+    names = {t["__class_fullname__"] for t in A.to_dict(get_augmentation("camera", SIZE))["transform"]["transforms"]}
+    assert {"LocalContrast", "FieldOfView", "ImageCompression", "RandomGamma", "Illumination", "OneOf"} <= {
+        n.rsplit(".", 1)[-1] for n in names}

@@ -129,6 +129,30 @@ def test_balanced_sampler_grade_mode_balances_shares():
     np.testing.assert_allclose(share, 0.2, atol=0.01)
 
 
+def test_source_grade_mode_shares_the_epoch_between_cameras_and_tempers_rare_grades():
+    """A big source (GRADES, 1,000 images) and a small one (110 images, one of grade 3): each gets half the
+    epoch; inside the small one grade g gets a share proportional to sqrt(its count), so its one grade-3 image
+    is drawn 1/(10+sqrt(10)+1+...) of the time rather than a fifth (fully balanced) of it."""
+    small = np.array([0] * 100 + [1] * 4 + [2] * 5 + [3] * 1)
+    grades = np.concatenate([GRADES, small])
+    groups = np.array(["big"] * len(GRADES) + ["small"] * len(small))
+    s = GradeBalancedSampler(grades, rates=(1, 1, 1, 1, 1), num_samples=60000, seed=0, mode="source_grade",
+                             groups=groups)
+    drawn = np.array(list(s))
+    assert abs((groups[drawn] == "small").mean() - 0.5) < 0.01
+    root = np.sqrt([100, 4, 5, 1])
+    small_share = np.bincount(grades[drawn][groups[drawn] == "small"], minlength=5)[:4] / (groups[drawn] == "small").sum()
+    np.testing.assert_allclose(small_share, root / root.sum(), atol=0.01)
+    big_root = np.sqrt([500, 100, 200, 100, 100])
+    big_share = np.bincount(grades, weights=np.where(groups == "big", s.p, 0), minlength=5) * 2
+    np.testing.assert_allclose(big_share, big_root / big_root.sum(), atol=1e-9)
+    weighted = GradeBalancedSampler(grades, num_samples=60000, seed=0, mode="source_grade", groups=groups,
+                                    row_weights=np.where(groups == "small", 3.0, 1.0))
+    assert abs((groups[np.array(list(weighted))] == "small").mean() - 0.75) < 0.01  # source weight 3:1
+    with pytest.raises(ValueError, match="source of each"):
+        GradeBalancedSampler(grades, mode="source_grade")
+
+
 @pytest.mark.parametrize("make", [
     lambda seed: GradeBalancedSampler(GRADES, seed=seed, num_samples=300),
     lambda seed: ShuffleSampler(len(GRADES), seed=seed),

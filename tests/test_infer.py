@@ -107,3 +107,45 @@ def test_predictions_match_a_direct_forward(tiny_run, tmp_path):
     x = torch.stack([torch.from_numpy(preprocess_image(p, run.preprocess)).permute(2, 0, 1) for p in test["path"]])
     want = infer.predict_batch(run.models, x, run.mean, run.std, "none").mean(axis=0)
     np.testing.assert_allclose(got["pred"].to_numpy(), want, atol=1e-5)
+
+
+def test_adapt_batchnorm_mixes_test_statistics_and_leaves_the_model_alone():
+    """AdaBN on a BatchNorm fed by a known shift: mix 1 takes the test images' statistics, 0.5 half of them,
+    0 returns the model itself; the original keeps its training statistics, and the pass is deterministic."""
+    from kaggle_utils.inference.adapt import adapt_batchnorm, batchnorm_layers
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1, bias=False), torch.nn.BatchNorm2d(3)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+    before = net[1].running_mean.clone()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(180, 230, (4, 3, 8, 8), generator=g, dtype=torch.uint8) for _ in range(3)]
+    expect = torch.stack(batches).float().div(255).mean(dim=(0, 1, 3, 4))  # mean 0 / std 1 normalisation
+    full = adapt_batchnorm([net], batches, (0, 0, 0), (1, 1, 1), mix=1.0)[0]
+    torch.testing.assert_close(full[1].running_mean, expect, atol=1e-5, rtol=0)
+    half = adapt_batchnorm([net], batches, (0, 0, 0), (1, 1, 1), mix=0.5)[0]
+    torch.testing.assert_close(half[1].running_mean, (expect + before) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(net[1].running_mean, before)
+    assert not net.training and not full.training and all(not bn.training for bn in batchnorm_layers(full))
+    again = adapt_batchnorm([net], batches, (0, 0, 0), (1, 1, 1), mix=1.0)[0]
+    torch.testing.assert_close(again[1].running_var, full[1].running_var, atol=0, rtol=0)
+    assert adapt_batchnorm([net], batches, (0, 0, 0), (1, 1, 1), mix=0.0)[0] is net
+    with pytest.raises(ValueError, match="between 0"):
+        adapt_batchnorm([net], batches, (0, 0, 0), (1, 1, 1), mix=1.5)
+
+
+def test_adapt_bn_changes_predictions_deterministically(tiny_run, tmp_path):
+    """predict_runs / infer with adapt_bn: the prediction moves off the unadapted one, is the same on a rerun,
+    and the run's own models keep their statistics (a later plain call predicts as before)."""
+    run_dir, table = tiny_run
+    run = infer.load_run(run_dir)
+    test = table[["id", "path"]].head(8)
+    plain = infer.predict_runs([run], test, batch_size=4, progress=False)["tiny"]["pred"].to_numpy()
+    adapted = infer.predict_runs([run], test, batch_size=4, progress=False, adapt_bn=1.0)["tiny"]["pred"].to_numpy()
+    again = infer.predict_runs([run], test, batch_size=4, progress=False, adapt_bn=1.0)["tiny"]["pred"].to_numpy()
+    assert np.abs(adapted - plain).max() > 1e-4
+    np.testing.assert_array_equal(adapted, again)
+    np.testing.assert_array_equal(infer.predict_runs([run], test, batch_size=4, progress=False)["tiny"]["pred"],
+                                  plain)
+    with pytest.raises(ValueError, match="adapt_bn"):
+        infer.infer([run_dir], test, tmp_path / "p", device="cpu", progress=False, adapt_bn=-1)

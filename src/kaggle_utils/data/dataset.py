@@ -284,13 +284,39 @@ class ShuffleSampler(EpochSampler):
         return np.resize(order, total)
 
 
+SAMPLER_MODES = ("image", "grade", "source_grade")
+
+
+def source_grade_weights(grades: np.ndarray, groups: np.ndarray, rates: np.ndarray,
+                         temper: float = 0.5) -> np.ndarray:
+    """Per-row draw weights (summing to 1) that give each source an equal share and, inside a source, grade g
+    the share ``rates[g] * n_sg ** temper`` normalised over that source's grades."""
+    if not 0 <= temper <= 1:
+        raise ValueError(f"temper must be in [0, 1], got {temper}")
+    weights = np.zeros(len(grades), np.float64)
+    names = list(dict.fromkeys(groups.tolist()))
+    for name in names:
+        rows = groups == name
+        counts = np.bincount(grades[rows], minlength=len(rates)).astype(np.float64)
+        share = np.where(counts > 0, rates * counts ** temper, 0.0)
+        if not share.sum() > 0:
+            raise ValueError(f"source {name!r}: rates {rates.tolist()} give none of its grades a share")
+        share /= share.sum()
+        weights[rows] = share[grades[rows]] / counts[grades[rows]] / len(names)
+    return weights
+
+
 class GradeBalancedSampler(EpochSampler):
     """Draw ``num_samples`` images per epoch with replacement, weighted by grade.
 
     ``rates`` are relative weights per grade 0-4. ``mode="image"`` (default, the recipes' "1:2:2:2:2"): each image
     of grade g is drawn with probability proportional to ``rates[g]``, so minority grades are over-sampled by that
     factor while the set keeps its shape. ``mode="grade"``: ``rates`` are the target shares of each grade in the
-    epoch (1:1:1:1:1 = fully balanced). Unlabelled rows are an error.
+    epoch (1:1:1:1:1 = fully balanced). ``mode="source_grade"`` (several cameras in one table, ``groups`` = each
+    row's source): every source gets an equal share of the epoch (times its ``row_weights``), and within a source
+    grade g gets a share proportional to ``rates[g] * n_sg ** temper`` (``n_sg``: that source's images of grade
+    g; ``temper`` 0.5 = square-root balancing), so no source drowns the others and a small source's one or two
+    images of a rare grade are not drawn hundreds of times an epoch. Unlabelled rows are an error.
     """
 
     def __init__(
@@ -304,6 +330,8 @@ class GradeBalancedSampler(EpochSampler):
         mode: str = "image",
         yield_seeds: bool = False,
         row_weights: Sequence[float] | np.ndarray | None = None,
+        groups: Sequence[Any] | np.ndarray | None = None,
+        temper: float = 0.5,
     ):
         grades_f = _grades_array(grades)
         if np.isnan(grades_f).any():
@@ -320,8 +348,12 @@ class GradeBalancedSampler(EpochSampler):
         elif mode == "grade":
             counts = np.bincount(g, minlength=len(rates_a)).astype(np.float64)
             weights = rates_a[g] / counts[g]
+        elif mode == "source_grade":
+            if groups is None or len(groups) != len(g):
+                raise ValueError(f"mode 'source_grade' needs the source of each of the {len(g)} rows (groups)")
+            weights = source_grade_weights(g, np.asarray(groups), rates_a, temper)
         else:
-            raise ValueError(f"mode must be 'image' or 'grade', got {mode!r}")
+            raise ValueError(f"mode must be one of {SAMPLER_MODES}, got {mode!r}")
         if row_weights is not None:  # e.g. per-source weights of a multi-source table
             row_w = np.asarray(row_weights, dtype=np.float64)
             if row_w.shape != weights.shape or (row_w < 0).any() or not (row_w * weights).sum() > 0:

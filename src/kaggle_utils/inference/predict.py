@@ -30,6 +30,7 @@ from torch import nn
 from kaggle_utils import io
 from kaggle_utils.data.decode import ImageReadError, read_image
 from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_array, retina_bbox
+from kaggle_utils.inference.adapt import adapt_batchnorm, check_mix
 from kaggle_utils.inference.files import FAILED_FILE, FLAGGED_FILE, PRED_FILE, VIEWS_FILE
 from kaggle_utils.training import precision
 from kaggle_utils.training.allocator import keep_freed_memory
@@ -280,13 +281,39 @@ def predict_batch(models: Sequence[nn.Module], x_uint8: torch.Tensor, mean: Sequ
     return (sums / views).cpu().numpy()
 
 
+def _adapted(models: list[nn.Module], paths: list[str], cfg: PreprocessConfig, size: int, batch_size: int,
+             workers: int | None, mix: float, progress: bool) -> list[nn.Module]:
+    """``models`` with BatchNorm statistics adapted to the readable images of ``paths`` (inference/adapt.py)."""
+    from tqdm.std import tqdm
+
+    if not mix:
+        return models
+    bar = tqdm(total=len(paths), desc=f"adapt BatchNorm @{size}px", disable=not progress, unit="img")
+
+    def readable() -> Iterator[torch.Tensor]:
+        for _, batch, why, _ in iter_batches(paths, cfg, size, batch_size, workers):
+            ok = [k for k, reason in enumerate(why) if not reason]
+            bar.update(len(why))
+            yield batch[ok]
+
+    out = list(models)
+    for mean, std in {(tuple(m.mean), tuple(m.std)) for m in models}:
+        sel = [k for k, m in enumerate(models) if (tuple(m.mean), tuple(m.std)) == (mean, std)]
+        for k, model in zip(sel, adapt_batchnorm([models[k] for k in sel], readable(), mean, std, mix), strict=True):
+            out[k] = model
+    bar.close()
+    return out
+
+
 def predict_runs(runs: Sequence[Run], table: pd.DataFrame, tta: str = "none", batch_size: int = 32,
-                 workers: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, pd.DataFrame]:
+                 workers: int | None = None, seed: int = 0, progress: bool = True,
+                 adapt_bn: float = 0.0) -> dict[str, pd.DataFrame]:
     """Predict every run on ``table`` (``id, path``); returns run name -> ``id, pred, pred_fold<k>, status, reason,
     flag``.
 
     ``pred`` is the mean over folds and TTA views; NaN where the image could not be read. ``flag`` is non-empty
-    for a graded image that looks wrong (tiny, nearly black, no retina).
+    for a graded image that looks wrong (tiny, nearly black, no retina). ``adapt_bn`` > 0 first re-estimates
+    the models' BatchNorm statistics on these images (that share of test statistics; inference/adapt.py).
     """
     from tqdm.std import tqdm  # text bar: tqdm.auto warns "IProgress not found" in kernels without ipywidgets
 
@@ -300,7 +327,8 @@ def predict_runs(runs: Sequence[Run], table: pd.DataFrame, tta: str = "none", ba
     for run in runs:
         groups.setdefault((run.preprocess, run.size), []).append(run)
     for (cfg, size), group in groups.items():
-        models = [m for run in group for m in run.models]
+        models = _adapted([m for run in group for m in run.models], paths, cfg, size, batch_size, workers,
+                          check_mix(adapt_bn), progress)
         preds = np.full((len(models), len(ids)), np.nan, dtype=np.float64)
         per_view = np.full((len(models), n_views, len(ids)), np.nan, dtype=np.float64)
         reasons, flags = [""] * len(ids), [""] * len(ids)
@@ -361,17 +389,23 @@ def write_predictions(results: dict[str, pd.DataFrame], out_dir: str | os.PathLi
     return paths
 
 
+SETTINGS_FILE = "inference.json"  # how the predictions in a preds folder were made (TTA, adaptation)
+
+
 def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: str | os.PathLike,
           tta: str = "none", batch_size: int = 32, workers: int | None = None, device: str = "auto", seed: int = 0,
-          progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Load runs, predict ``table`` and write the prediction files: the infer notebook's one call."""
+          progress: bool = True, adapt_bn: float = 0.0) -> dict[str, pd.DataFrame]:
+    """Load runs, predict ``table`` and write the prediction files: the infer notebook's one call.
+    ``adapt_bn``: the share of BatchNorm statistics taken from ``table``'s images (0 = off)."""
     dev = _device(device)
     runs = [load_run(d, dev) for d in run_dirs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise InferenceError(f"run folder names must be unique, got {names}")
-    results = predict_runs(runs, table, tta, batch_size, workers, seed, progress)
+    results = predict_runs(runs, table, tta, batch_size, workers, seed, progress, adapt_bn)
     write_predictions(results, out_dir)
+    io.write_json(Path(out_dir) / SETTINGS_FILE, {"runs": names, "tta": tta, "adapt_bn": float(adapt_bn),
+                                                  "seed": seed, "images": len(table)})
     first = results[names[0]]
     if len(first) and (first["status"] != "ok").all():  # a submission of fallback grades only is no result
         reasons = "; ".join(f"{r.id}: {r.reason}" for r in first.head(3).itertuples())

@@ -27,7 +27,7 @@ class TrainConfig:
     column in the table, else made with :func:`kaggle_utils.data.folds.make_folds` when ``n_folds`` is set.
     ``deadline``: seconds since the epoch (absolute, e.g. kernel start + 8.5 h) when > 1e9, else a budget in
     seconds counted from the call to train_fold. ``sampler_rates``: None = plain shuffle, e.g. [1, 2, 2, 2, 2] =
-    GradeBalancedSampler (``sampler_mode`` "image" or "grade", see there).
+    GradeBalancedSampler (``sampler_mode`` "image", "grade" or "source_grade": by camera and grade, see there).
     """
 
     # The defaults: notebooks/train.py's parameters cell and configs/fold_example.yaml repeat them
@@ -139,7 +139,7 @@ class TrainConfig:
             "optimizer": ("adam", "adamw"),
             "schedule": ("cosine", "plateau", "constant"),
             "monitor": ("val_loss", "val_qwk"),
-            "sampler_mode": ("image", "grade"),
+            "sampler_mode": ("image", "grade", "source_grade"),
             "amp_dtype": ("float16", "bfloat16"),
         }
         for name in ("amp", "channels_last", "deterministic"):

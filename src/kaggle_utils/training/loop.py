@@ -172,10 +172,16 @@ class Trainer(FoldArtifacts):
         self.train_ds = FundusDataset(self.train_table, transform=transform, **common)
         self.val_ds = FundusDataset(self.val_table, transform=None, **common)
         rank, world = self.dist.rank, self.dist.world_size
-        if cfg.sampler_rates or cfg.source_weights:
+        if cfg.sampler_rates or cfg.source_weights or cfg.sampler_mode == "source_grade":
+            groups = None
+            if cfg.sampler_mode == "source_grade":
+                if "dataset" not in self.train_table.columns:
+                    raise ValueError("sampler_mode 'source_grade' needs a multi-source table (a 'dataset' column, "
+                                     "see kaggle_utils.data.assemble)")
+                groups = self.train_table["dataset"].astype(str).to_numpy()
             self.sampler = GradeBalancedSampler(
                 self.train_ds.grades, cfg.sampler_rates or [1.0] * 5, cfg.samples_per_epoch, cfg.seed, rank, world,
-                mode=cfg.sampler_mode, yield_seeds=True, row_weights=self._row_weights())
+                mode=cfg.sampler_mode, yield_seeds=True, row_weights=self._row_weights(), groups=groups)
         else:
             self.sampler = ShuffleSampler(len(self.train_ds), cfg.seed, rank, world, yield_seeds=True,
                                           num_samples=cfg.samples_per_epoch)
