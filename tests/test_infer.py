@@ -1,5 +1,6 @@
 """Inference: TTA views, checkpoint loading, unreadable test images still get a (flagged) row."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -149,3 +150,30 @@ def test_adapt_bn_changes_predictions_deterministically(tiny_run, tmp_path):
                                   plain)
     with pytest.raises(ValueError, match="adapt_bn"):
         infer.infer([run_dir], test, tmp_path / "p", device="cpu", progress=False, adapt_bn=-1)
+
+
+def test_natural_photographs_reach_a_ben_copy_model_in_its_look(tiny_run, tmp_path):
+    """A model of Ben-filtered copies (resize-only recipe, natural="ben") given the raw photographs predicts
+    exactly what it predicts on those photographs brought to the Ben look beforehand."""
+    import cv2
+
+    from kaggle_utils.data.preprocess import natural_recipe, preprocess_image
+
+    run_dir, table = tiny_run
+    run = infer.load_run(run_dir)
+    recipe = PreprocessConfig(size=64, crop=False, ben_graham=False, resize_mode="stretch", natural="ben")
+    ben_run = dataclasses.replace(run, preprocess=recipe)
+    raw = table[["id", "path"]].head(4)
+    filtered = []
+    for row in raw.itertuples():
+        path = tmp_path / f"{row.id}.png"
+        cv2.imwrite(str(path), preprocess_image(row.path, natural_recipe(recipe))[:, :, ::-1])
+        filtered.append(str(path))
+    on_raw = infer.predict_runs([ben_run], raw, progress=False)["tiny"]["pred"].to_numpy()
+    on_copies = infer.predict_runs([ben_run], raw.assign(path=filtered), progress=False)["tiny"]["pred"].to_numpy()
+    np.testing.assert_allclose(on_raw, on_copies, atol=1e-6)
+    for path, copy in zip(raw["path"], filtered, strict=True):  # what the model sees: the same pixels
+        seen_raw, seen_copy = infer.load_test_image(path, recipe, 64)[0], infer.load_test_image(copy, recipe, 64)[0]
+        np.testing.assert_array_equal(seen_raw, seen_copy)
+        as_is = infer.load_test_image(path, dataclasses.replace(recipe, natural="as_is"), 64)[0]
+        assert np.abs(as_is.astype(int) - seen_raw).mean() > 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import shutil
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from kaggle_utils.data import decode, preprocess, transforms
+from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_array
 
 IMAGE_EXTS = {".jpg", ".png", ".tif"}
 # Reduced-scale libjpeg decode vs full decode, both area-resized to 512 px wide: measured mean |diff| 0.15-0.22
@@ -450,3 +452,40 @@ def test_import_pulls_in_neither_torch_nor_albumentations() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_ben_look_is_recognised_on_real_photographs(shared_data: Path) -> None:
+    """looks_ben_filtered on real images: the APTOS Ben copies and our own Ben output pass; natural-colour
+    photographs of three cameras (IDRiD, EyePACS, the raw originals) and the equalised EyePACS do not."""
+    from kaggle_utils.data.decode import read_image
+    from kaggle_utils.data.preprocess import looks_ben_filtered, natural_recipe
+
+    def some(folder: str, pattern: str, n: int) -> list[np.ndarray]:
+        files = sorted((shared_data / folder).glob(pattern))
+        return [read_image(f, 256) for f in files[:: max(1, len(files) // n)][:n]]
+
+    copies = some("aptos2019_ben224/train_images", "*.jpg", 40)
+    natural = (some("idrid_train/images", "*.jpg", 15) + some("eyepacs1024/images", "*", 15)
+               + some("eyepacs256_equalised/images", "*", 10) + some("raw", "*.[jp][pn]g", 10))
+    assert all(looks_ben_filtered(img) for img in copies)
+    assert not any(looks_ben_filtered(img) for img in natural)
+    recipe = natural_recipe(PreprocessConfig(size=128, crop=False, ben_graham=False, natural="ben"))
+    assert all(looks_ben_filtered(preprocess_array(img, recipe)) for img in natural)
+
+
+def test_natural_mode_filters_photographs_and_leaves_copies_alone(shared_data: Path) -> None:
+    """A resize-only recipe with natural="ben" (the APTOS copy's, see assemble.SourceSpec.natural): a natural
+    photograph gets the external-source recipe, a Ben copy is only resized; "as_is" resizes both."""
+    from kaggle_utils.data.decode import read_image
+    from kaggle_utils.data.preprocess import natural_recipe
+
+    copy = read_image(next((shared_data / "aptos2019_ben224" / "train_images").glob("*.jpg")))
+    photo = read_image(shared_data / "idrid_train" / "images" / "IDRiD_001.jpg")
+    as_is = PreprocessConfig(size=96, crop=False, ben_graham=False, resize_mode="stretch")
+    auto = dataclasses.replace(as_is, natural="ben")
+    np.testing.assert_array_equal(preprocess_array(copy, auto), preprocess_array(copy, as_is))
+    np.testing.assert_array_equal(preprocess_array(photo, auto), preprocess_array(photo, natural_recipe(auto)))
+    assert not np.array_equal(preprocess_array(photo, auto), preprocess_array(photo, as_is))
+    with pytest.raises(ValueError, match="natural"):
+        PreprocessConfig(natural="clahe")
+    assert PreprocessConfig.from_dict(auto.to_dict()) == auto

@@ -63,6 +63,9 @@ class SourceSpec:
     role: str = "competition"
     ext: str | None = None  # image extension; None: the reader's default
     preprocessed: bool = False  # already cropped/filtered: resize only
+    # preprocessed copies that are Ben-filtered: "ben" makes inference bring natural-colour test photographs to
+    # that look first (PreprocessConfig.natural), so the models grade a clinic's own photographs
+    natural: str = "as_is"
     preprocess: dict[str, Any] = field(default_factory=dict)  # overrides of the model's preprocessing
     weight: float = 1.0  # relative sampling weight of this source's rows
     holdout: int = 0  # competition only: rows held back as a local test set
@@ -81,6 +84,8 @@ class SourceSpec:
             raise ValueError(f"source {self.name!r}: only the competition source can hold images out")
         if not self.name or any(c in self.name for c in "/\\: "):
             raise ValueError(f"source name {self.name!r} must be non-empty, without '/', ':' or spaces")
+        if self.natural != "as_is" and not self.preprocessed:
+            raise ValueError(f"source {self.name!r}: 'natural: {self.natural}' is for 'preprocessed: true' copies")
         if self.preprocessed and self.preprocess:
             raise ValueError(f"source {self.name!r}: 'preprocessed: true' (resize only) excludes 'preprocess'")
         PreprocessConfig.from_dict({k: v for k, v in self.preprocess.items()})  # unknown keys fail here
@@ -91,7 +96,7 @@ class SourceSpec:
 
     def recipe(self, base: dict[str, Any]) -> PreprocessConfig:
         """This source's preprocessing for a model whose recipe is ``base``."""
-        own = RESIZE_ONLY if self.preprocessed else self.preprocess
+        own = {**RESIZE_ONLY, "natural": self.natural} if self.preprocessed else self.preprocess
         return PreprocessConfig.from_dict({**base, **own})
 
 
