@@ -32,7 +32,7 @@ recipe: $(STAMP)
 	$(PY) -m kaggle_utils.run configs/idrid_cpu.yaml
 
 # APTOS 2019 (the Ben-filtered copy in ../shared/data): Lite0, 5 folds x 12 epochs 160->224 px, held-out QWK
-# 0.881 (94 min on 2 cores with the venv install); `make plan CONFIG=configs/aptos_p100.yaml` prints any config's steps and times
+# 0.881 (94 min on 2 cores with the venv install); `make plan CONFIG=configs/kaggle_gpu.yaml` prints any config's steps and times
 aptos: $(STAMP)
 	$(PY) -m kaggle_utils.run configs/aptos_cpu.yaml
 
@@ -47,7 +47,7 @@ kernel: $(STAMP)
 # on a CUDA machine: AMP fp16 + GradScaler training, channels_last, TTA inference and DDP (world size 1, nccl)
 # of every architecture in GPU_CONFIG, measured vs planned step times, then its --plan --measure; without CUDA
 # it says so and exits 0
-GPU_CONFIG ?= configs/aptos_p100.yaml
+GPU_CONFIG ?= configs/kaggle_gpu.yaml
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py --config $(GPU_CONFIG)
 

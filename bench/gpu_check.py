@@ -2,21 +2,25 @@
 
 The project is built for Kaggle GPU kernels, but its GPU paths (AMP fp16 with a GradScaler, channels_last,
 cudnn.benchmark, nccl DDP) cannot run on the 2-core machines it is developed on. On CUDA this script, for
-every architecture of a config (default ``configs/aptos_p100.yaml``) at its size and batch (no weights
+every architecture of a config (default ``configs/kaggle_gpu.yaml``) at its size and batch (no weights
 needed: ``pretrained=False``):
 
-- trains a few steps through the Trainer (``training.precision.resolve``'s choice: fp16 autocast + GradScaler,
-  channels_last, cudnn.benchmark) and checks each of those is on and the loss finite;
+- trains a few steps through the Trainer (``training.precision.resolve``'s choice: autocast, fp16 with a
+  GradScaler on a T4, bf16 without one where the GPU has it; channels_last, cudnn.benchmark) and checks each
+  of those and the loss;
 - predicts a batch through ``inference.predict.predict_batch`` with the config's TTA views;
+- with two or more GPUs (Kaggle's T4 x2), does the same on every GPU: each is a slot of the chain
+  (``devices: auto``);
 - runs one short epoch under DDP, world size 1 on nccl (a process group from env vars on a free port; the
-  Trainer's DDP branch: wrapping, the all-reduced deadline vote, gathered validation, buffer broadcast);
-- prints measured step times beside the plan's: the FLOP estimate for a P100, that estimate scaled by this
-  GPU's fp32 peak when the name is known, and what ``--plan --measure`` measures here.
+  Trainer's DDP branch: wrapping, the all-reduced deadline vote, gathered validation, buffer broadcast), and
+  with two GPUs world size 2 (one process per GPU);
+- prints measured step times beside the plan's: the FLOP estimate for one T4 (the plan's Kaggle column),
+  the P100 reference, and what ``--plan --measure`` measures here.
 
 Then (unless ``--no-plan``) the whole config's ``--plan --measure`` on this GPU, with its budget verdict.
 Exit status 1 when a check fails. Without CUDA it says so and exits 0.
 
-    python bench/gpu_check.py [--config configs/aptos_p100.yaml] [--no-plan]
+    python bench/gpu_check.py [--config configs/kaggle_gpu.yaml] [--no-plan]
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Result:
     checks: dict[str, bool]
     step_s: float
     infer_view_s: float
+    planned_t4_s: float
     planned_p100_s: float
     ddp_step_s: float = math.nan
 
@@ -95,8 +100,9 @@ def check_model(params: dict[str, Any], pngs: list[str], tta: str, dev: Any, tmp
         x, y = next(iter(trainer.train_loader))
         loss = float(trainer.train_step(x, y))
         conv = next(p for p in trainer.net.parameters() if p.dim() == 4)
-        checks = {"amp fp16": trainer.amp and trainer.amp_dtype == torch.float16,
-                  "GradScaler on": trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 0,
+        fp16 = trainer.amp_dtype == torch.float16
+        checks = {"amp on": bool(trainer.amp),
+                  "GradScaler iff fp16": trainer.scaler.is_enabled() == (trainer.amp and fp16),
                   "channels_last": trainer.channels_last and conv.is_contiguous(memory_format=torch.channels_last),
                   "cudnn.benchmark": torch.backends.cudnn.benchmark, "loss finite": math.isfinite(loss)}
         trainer.net.eval()
@@ -106,10 +112,12 @@ def check_model(params: dict[str, Any], pngs: list[str], tta: str, dev: Any, tmp
     del trainer
     infer = measure.measure_infer({"model": cfg.model, "head": cfg.head, "pool": cfg.pool, "size": cfg.size},
                                   32, tta, pngs, dev)
-    planned = Cost(forward_gflop(cfg.model, cfg.head, cfg.size)).p100(model_family(cfg.model), cfg.batch_size, 0,
-                                                                       cfg.size)
+    cost, family = Cost(forward_gflop(cfg.model, cfg.head, cfg.size)), model_family(cfg.model)
+    t4 = cost.gpu("t4", family, cfg.batch_size, 0, cfg.size, sharing=2)
+    p100 = cost.p100(family, cfg.batch_size, 0, cfg.size)
     _free(dev)
-    return Result(unit.label, checks, unit.step_s, infer.view_s, planned)
+    label = unit.label + (f" [{dev}]" if dev.type == "cuda" else "")
+    return Result(label, checks, unit.step_s, infer.view_s, t4, p100)
 
 
 def ddp_check(params: dict[str, Any], pngs: list[str], dev: Any, tmp: Path) -> tuple[bool, float]:
@@ -141,6 +149,18 @@ def ddp_check(params: dict[str, Any], pngs: list[str], dev: Any, tmp: Path) -> t
     return result["status"] == "completed", statistics.median(gaps) if gaps else math.nan
 
 
+def ddp_world_of_two(params: dict[str, Any], pngs: list[str], backend: str, tmp: Path) -> tuple[bool, float]:
+    """One short epoch under DDP with two ranks (nccl: one per GPU); (both completed, rank 0's s/step)."""
+    import torch.multiprocessing as mp
+
+    from kaggle_utils.run.measure import ddp_rank_epoch
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    mp.spawn(ddp_rank_epoch, args=(params, pngs, backend, free_port(), str(tmp), DDP_STEPS), nprocs=2, join=True)
+    ranks = [(tmp / f"rank{r}.txt").read_text().split() for r in range(2)]
+    return all(status == "completed" for status, _ in ranks), float(ranks[0][1])
+
+
 def init_world_of_one(backend: str) -> None:
     import torch.distributed as dist
 
@@ -166,14 +186,16 @@ def _free(dev: Any) -> None:
 def report(results: list[Result], gpu: str) -> list[str]:
     peak = fp32_peak(gpu)
     scale = 9.3 / peak if peak else None
-    head = (f"{'architecture':<58} {'P100 plan':>10} {'scaled':>8} {'measured':>9} {'DDP(1)':>8} "
+    head = (f"{'architecture':<66} {'T4 plan':>8} {'P100 ref':>9} {'scaled':>8} {'measured':>9} {'DDP':>8} "
             f"{'infer ms/img-view':>18}")
     lines = [f"step times in s on {gpu}" + (f" (fp32 peak {peak} TFLOP/s; 'scaled' = P100 plan x 9.3/{peak})"
-                                           if peak else " (peak unknown: no scaled column)"), head]
+                                           if peak else " (peak unknown: no scaled column)")
+             + "; T4 plan: one T4 of a T4 x2 kernel (the plan's Kaggle column); DDP: world size 1, or 2 "
+               "where two GPUs are here", head]
     for r in results:
         scaled = f"{r.planned_p100_s * scale:8.3f}" if scale else f"{'-':>8}"
-        lines.append(f"{r.label:<58} {r.planned_p100_s:10.3f} {scaled} {r.step_s:9.3f} {r.ddp_step_s:8.3f} "
-                     f"{1e3 * r.infer_view_s:18.2f}")
+        lines.append(f"{r.label:<66} {r.planned_t4_s:8.3f} {r.planned_p100_s:9.3f} {scaled} {r.step_s:9.3f} "
+                     f"{r.ddp_step_s:8.3f} {1e3 * r.infer_view_s:18.2f}")
     for r in results:
         bad = [k for k, ok in r.checks.items() if not ok]
         lines.append(f"{r.label}: " + ("all checks ok (" + ", ".join(r.checks) + ")" if not bad
@@ -191,8 +213,10 @@ def whole_plan(cfg: dict[str, Any], tmp: Path) -> list[str]:
     return [format_plan(rows, facts), verdict(facts)[0]]
 
 
-def run(cfg: dict[str, Any], dev: Any, backend: str, plan: bool = True) -> tuple[int, list[Result]]:
-    """Every check and timing on ``dev`` (tests drive it on the CPU with gloo); (exit status, results)."""
+def run(cfg: dict[str, Any], dev: Any, backend: str, plan: bool = True, slots: list[Any] | None = None,
+        world_of_two: bool = False) -> tuple[int, list[Result]]:
+    """Every check and timing on ``dev`` and on each further device of ``slots``, DDP of one and (with
+    ``world_of_two``) of two (tests drive it on the CPU with gloo); (exit status, results)."""
     from kaggle_utils.data.assemble import parse_sources
     from kaggle_utils.run.estimate import describe
     from kaggle_utils.run.measure import cache_samples, device_name
@@ -207,12 +231,24 @@ def run(cfg: dict[str, Any], dev: Any, backend: str, plan: bool = True) -> tuple
         for i, params in enumerate(architectures(cfg)):
             print(f"[gpu_check] {params['model']} @{params.get('size')}: AMP training + TTA inference", flush=True)
             results.append(check_model(params, pngs, tta, dev, tmp / f"m{i}"))
+        for k, other in enumerate(slots or [], start=1):  # every further GPU is a chain slot
+            for i, params in enumerate(architectures(cfg)):
+                print(f"[gpu_check] slot {k} ({other}): {params['model']}", flush=True)
+                results.append(check_model(params, pngs, tta, other, tmp / f"s{k}m{i}"))
+        if world_of_two:
+            for i, params in enumerate(architectures(cfg)):
+                print(f"[gpu_check] {params['model']}: DDP world size 2 ({backend})", flush=True)
+                ok, step = ddp_world_of_two(params, pngs, backend, tmp / f"w{i}")
+                results[i].checks[f"DDP {backend} world size 2 completed"] = ok
+                results[i].ddp_step_s = step
         init_world_of_one(backend)
         try:
             for i, params in enumerate(architectures(cfg)):
                 print(f"[gpu_check] {params['model']}: DDP world size 1 ({backend})", flush=True)
-                ok, results[i].ddp_step_s = ddp_check(params, pngs, dev, tmp / f"d{i}")
+                ok, step = ddp_check(params, pngs, dev, tmp / f"d{i}")
                 results[i].checks[f"DDP {backend} epoch completed"] = ok
+                if not world_of_two:
+                    results[i].ddp_step_s = step
         finally:
             import torch.distributed as dist
 
@@ -226,7 +262,7 @@ def run(cfg: dict[str, Any], dev: Any, backend: str, plan: bool = True) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "aptos_p100.yaml"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "kaggle_gpu.yaml"))
     parser.add_argument("--no-plan", action="store_true", help="skip the whole config's --plan --measure")
     args = parser.parse_args(argv)
     import torch
@@ -238,9 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     from kaggle_utils.run.config import load_config
 
     cfg = load_config(args.config, plan_only=True)
-    print(f"[gpu_check] {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}",
-          flush=True)
-    return run(cfg, torch.device("cuda", 0), "nccl", plan=not args.no_plan)[0]
+    n = torch.cuda.device_count()
+    for k in range(n):
+        props = torch.cuda.get_device_properties(k)
+        print(f"[gpu_check] cuda:{k} {props.name}, {props.total_memory / 2**30:.1f} GiB, capability "
+              f"{props.major}.{props.minor}", flush=True)
+    print(f"[gpu_check] torch {torch.__version__}, CUDA {torch.version.cuda}, {n} GPU(s)", flush=True)
+    slots = [torch.device("cuda", k) for k in range(1, n)]
+    return run(cfg, torch.device("cuda", 0), "nccl", plan=not args.no_plan, slots=slots, world_of_two=n >= 2)[0]
 
 
 if __name__ == "__main__":

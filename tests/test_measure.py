@@ -130,9 +130,10 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
 def test_gpu_check_names_the_p100_configs_architectures():
     from kaggle_utils.run.config import load_config
 
-    archs = _gpu_check().architectures(load_config(REPO / "configs" / "aptos_p100.yaml", plan_only=True))
+    archs = _gpu_check().architectures(load_config(REPO / "configs" / "kaggle_gpu.yaml", plan_only=True))
     assert [(a["model"], a["size"], a["batch_size"]) for a in archs] == [
-        ("se_resnext50_32x4d", 320, 32), ("efficientnet-b2", 260, 32), ("efficientnet-b3", 300, 32)]
+        ("se_resnext50_32x4d", 320, 32), ("efficientnet-b2", 260, 32), ("efficientnet-b3", 300, 32),
+        ("efficientnet-b4", 380, 16)]
     assert _gpu_check().fp32_peak("NVIDIA H100 80GB HBM3") == 66.9
     assert _gpu_check().fp32_peak("Tesla P100-PCIE-16GB") == 9.3
 
@@ -146,10 +147,12 @@ def test_gpu_check_paths_run_on_the_cpu_with_gloo(sample_dir, tmp_path, capsys):
     from kaggle_utils.run.config import load_config
 
     cfg = load_config(_config(sample_dir, tmp_path), plan_only=True)
-    status, results = _gpu_check().run(cfg, torch.device("cpu"), "gloo", plan=False)
-    assert status == 1 and len(results) == 1
+    status, results = _gpu_check().run(cfg, torch.device("cpu"), "gloo", plan=False,
+                                       slots=[torch.device("cpu")], world_of_two=True)
+    assert status == 1 and len(results) == 2  # the second slot's row (a GPU's on CUDA)
     checks = results[0].checks
-    assert {k for k, ok in checks.items() if not ok} == {"amp fp16", "GradScaler on", "cudnn.benchmark"}
+    assert {k for k, ok in checks.items() if not ok} == {"amp on", "cudnn.benchmark"}
     assert checks["DDP gloo epoch completed"] and checks["TTA predict finite"] and checks["channels_last"]
-    assert results[0].step_s > 0 and results[0].ddp_step_s > 0 and results[0].planned_p100_s > 0
-    assert "FAILED: amp fp16" in capsys.readouterr().out
+    assert checks["DDP gloo world size 2 completed"] and checks["GradScaler iff fp16"]
+    assert results[0].step_s > 0 and results[0].ddp_step_s > 0 and results[0].planned_t4_s > 0
+    assert "FAILED: amp on" in capsys.readouterr().out

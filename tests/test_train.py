@@ -370,7 +370,7 @@ def test_plan_counts_a_size_schedule_at_each_epochs_size():
 def test_a_models_size_schedule_is_its_fine_tunes_not_stage_1s(tmp_path):
     from kaggle_utils.run import chain, config
 
-    cfg = config.load_config(str(REPO / "configs" / "aptos_p100.yaml"), plan_only=True)
+    cfg = config.load_config(str(REPO / "configs" / "kaggle_gpu.yaml"), plan_only=True)
     cfg["models"][0]["size_schedule"] = [224, 256]
     steps = {s.name: s.params for s in chain.plan(cfg, tmp_path)}
     name = cfg["models"][0]["name"]

@@ -92,17 +92,20 @@ def checkpoint_preprocess(ck: dict[str, Any], path: Path) -> PreprocessConfig:
                          "no preprocess.json beside it); retrain with a current kaggle_utils")
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", name: str | None = None) -> Run:
-    """Load every fold's best model of a run, in eval mode on ``device``."""
+def load_run(run_dir: str | os.PathLike, device: str | torch.device | Sequence[torch.device] = "cpu",
+             name: str | None = None) -> Run:
+    """Load every fold's best model of a run, in eval mode on ``device`` (a list: fold k on device k mod n, so
+    the folds of a run share the GPUs a kernel has)."""
     from kaggle_utils.training.checkpoint import load_checkpoint, load_model
 
     paths = fold_checkpoints(run_dir)
     models, folds, thresholds, recipes = [], [], [], []
-    for path in paths:
+    devices = list(device) if isinstance(device, list | tuple) else [device]
+    for k, path in enumerate(paths):
         ck = load_checkpoint(path)
         recipe = checkpoint_preprocess(ck, path)
         recipes.append((recipe, int((ck.get("config") or {}).get("size") or recipe.size)))
-        model = load_model(ck, device=device).to(memory_format=torch.channels_last)
+        model = load_model(ck, device=devices[k % len(devices)]).to(memory_format=torch.channels_last)
         models.append(model)
         folds.append(int((ck.get("config") or {}).get("fold", _fold_number(path.parent.name))))
         thresholds.append(list(getattr(model, "thresholds", [])))
@@ -253,32 +256,42 @@ def _device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def _devices(device: str | torch.device) -> list[torch.device]:
+    """``auto``: every CUDA GPU (a Kaggle T4 x2 kernel has two), else the CPU; anything else: that device."""
+    if str(device) == "auto" and torch.cuda.device_count() > 1:
+        return [torch.device(f"cuda:{k}") for k in range(torch.cuda.device_count())]
+    return [_device(device)]
+
+
 @torch.no_grad()
 def predict_batch(models: Sequence[nn.Module], x_uint8: torch.Tensor, mean: Sequence[float],
                   std: Sequence[float], tta: str = "none", seed: int = 0, per_view: bool = False) -> np.ndarray:
     """(n_models, N) continuous grades for one uint8 NCHW batch, averaged over the TTA views; ``per_view``:
-    (n_models, n_views, N) unaveraged (their disagreement is a per-image uncertainty, see kaggle_utils.inference.shift)."""
-    device = next(models[0].parameters()).device
-    x = x_uint8.to(device, non_blocking=True).float().div_(255)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    sums = torch.zeros(len(models), x.shape[0], device=device)
-    views = 0
-    each = []
-    prec = precision.resolve(device)  # training's "auto": fp16 on CUDA, fp32 on the CPU
+    (n_models, n_views, N) unaveraged (their disagreement is a per-image uncertainty, see kaggle_utils.inference.shift).
+    Models on several GPUs each get the batch on their own device; the GPUs then work concurrently (the
+    launches are asynchronous, the results are gathered once at the end)."""
     keep_freed_memory()  # no page faults per batch on the CPU (training/allocator.py)
-    for view in tta_batches(x, tta, seed):
-        # channels-last on CPU too: depthwise/grouped convs run 1.3-2.5x faster there (models are converted
-        # in load_run); a batch made from HWC arrays is already laid out so
-        view = ((view - m) / s).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=prec.dtype, enabled=prec.amp):
-            one = torch.stack([model.decode(model(view)).float() for model in models])
-        sums += one
-        each.append(one)
-        views += 1
-    if per_view:
-        return torch.stack(each, dim=1).cpu().numpy()
-    return (sums / views).cpu().numpy()
+    by_device: dict[torch.device, list[int]] = {}
+    for k, model in enumerate(models):
+        by_device.setdefault(next(model.parameters()).device, []).append(k)
+    out: list[torch.Tensor | None] = [None] * len(models)
+    for device, members in by_device.items():
+        x = x_uint8.to(device, non_blocking=True).float().div_(255)
+        m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        prec = precision.resolve(device)  # training's "auto": fp16 on CUDA, fp32 on the CPU
+        each = []
+        for view in tta_batches(x, tta, seed):
+            # channels-last on CPU too: depthwise/grouped convs run 1.3-2.5x faster there (models are
+            # converted in load_run); a batch made from HWC arrays is already laid out so
+            view = ((view - m) / s).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=prec.dtype, enabled=prec.amp):
+                each.append(torch.stack([models[k].decode(models[k](view)).float() for k in members]))
+        stacked = torch.stack(each, dim=1)  # (members, views, N) on this device
+        for j, k in enumerate(members):
+            out[k] = stacked[j]
+    result = torch.stack([t.cpu() for t in out]).numpy()  # (n_models, n_views, N)
+    return result if per_view else result.mean(axis=1)
 
 
 def _adapted(models: list[nn.Module], paths: list[str], cfg: PreprocessConfig, size: int, batch_size: int,
@@ -397,8 +410,8 @@ def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: s
           progress: bool = True, adapt_bn: float = 0.0) -> dict[str, pd.DataFrame]:
     """Load runs, predict ``table`` and write the prediction files: the infer notebook's one call.
     ``adapt_bn``: the share of BatchNorm statistics taken from ``table``'s images (0 = off)."""
-    dev = _device(device)
-    runs = [load_run(d, dev) for d in run_dirs]
+    devices = _devices(device)
+    runs = [load_run(d, devices) for d in run_dirs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise InferenceError(f"run folder names must be unique, got {names}")

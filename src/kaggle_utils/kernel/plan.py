@@ -137,9 +137,11 @@ def plan_images() -> list[Path]:
 
 
 def estimate(runs: Sequence[RunMeasure], preprocess_s: float, n_images: int = 13_000, tta: str = "hflip",
-             gpu: str = "p100", fraction: float | None = None, budget_h: float = 9.0,
-             vcpus: int = KAGGLE_VCPUS) -> dict[str, Any]:
-    """Kernel time = max(GPU forward time, CPU decode time) + fixed overheads (decoding overlaps the GPU)."""
+             gpu: str = "t4", fraction: float | None = None, budget_h: float = 9.0,
+             vcpus: int = KAGGLE_VCPUS, gpus: int = 2) -> dict[str, Any]:
+    """Kernel time = max(GPU forward time, CPU decode time) + fixed overheads (decoding overlaps the GPU).
+    With ``gpus`` > 1 the fold models are spread over the GPUs (inference/predict.py), so the forward time
+    divides by the GPUs that get a model."""
     from kaggle_utils.inference.predict import tta_views
 
     profile = GPU_PROFILES[gpu]
@@ -152,11 +154,13 @@ def estimate(runs: Sequence[RunMeasure], preprocess_s: float, n_images: int = 13
         rows.append({**dataclasses.asdict(r), "fraction": frac, "gpu_img_s": img_s, "passes": passes,
                      "gpu_s": passes / img_s})
         gpu_s += passes / img_s
+    used = max(1, min(int(gpus), sum(r.folds for r in runs)))
+    gpu_s /= used
     recipes = len({r.recipe for r in runs})
     cpu_s = n_images * recipes * preprocess_s / (vcpus * CPU_SCALING)
     overheads = {**OVERHEADS, "load checkpoints (measured here)": sum(r.load_s * r.folds for r in runs)}
     total = max(gpu_s, cpu_s) + sum(overheads.values())
-    return {"rows": rows, "gpu": profile, "gpu_key": gpu, "views": views, "tta": tta, "n_images": n_images,
+    return {"rows": rows, "gpu": profile, "gpu_key": gpu, "gpus": used, "views": views, "tta": tta, "n_images": n_images,
             "gpu_s": gpu_s, "cpu_s": cpu_s, "recipes": recipes, "preprocess_s": preprocess_s, "vcpus": vcpus,
             "overheads": overheads, "total_s": total, "budget_s": budget_h * 3600,
             "fits": total <= budget_h * 3600}
@@ -172,12 +176,14 @@ def format_plan(p: dict[str, Any], images_note: str = "") -> str:
     head = (f"{'run':<12}{'model':<22}{'px':>5}{'folds':>6}{'TTA':>5}{'GFLOP/img':>11}{'CPU img/s':>11}"
             f"{'GPU img/s':>11}{'passes':>10}{'GPU time':>10}")
     lines = [f"Kernel run-time plan: {p['n_images']:,} test images, TTA {p['tta']} ({p['views']} views), "
-             f"{g.name} ({g.peak_tflops} TFLOP/s {g.precision} peak)", head, "-" * len(head)]
+             f"{g.name}{' x' + str(p['gpus']) if p.get('gpus', 1) > 1 else ''} ({g.peak_tflops} TFLOP/s "
+             f"{g.precision} peak each)", head, "-" * len(head)]
     for r in p["rows"]:
         lines.append(f"{r['name']:<12}{r['model']:<22}{r['size']:>5}{r['folds']:>6}{p['views']:>5}"
                      f"{r['gflop']:>11.2f}{r['cpu_img_s']:>11.1f}{r['gpu_img_s']:>11,.0f}{r['passes']:>10,}"
                      f"{_hms(r['gpu_s']):>10}")
-    lines.append(f"GPU forward total: {_hms(p['gpu_s'])}")
+    spread = f" (fold models spread over {p['gpus']} GPUs)" if p.get("gpus", 1) > 1 else ""
+    lines.append(f"GPU forward total: {_hms(p['gpu_s'])}{spread}")
     lines.append(f"CPU decode+preprocess: {p['preprocess_s']:.3f} s/img (measured here, 1 thread{images_note}) x "
                  f"{p['n_images']:,} x {p['recipes']} recipe(s) / ({p['vcpus']} vCPUs x {CPU_SCALING}) = "
                  f"{_hms(p['cpu_s'])}")
@@ -202,9 +208,9 @@ def format_plan(p: dict[str, Any], images_note: str = "") -> str:
     return "\n".join(lines)
 
 
-def plan(run_dirs: Sequence[str | os.PathLike], n_images: int = 13_000, tta: str = "hflip", gpu: str = "p100",
-         fraction: float | None = None, budget_h: float = 9.0, images: Sequence[Path] | None = None
-         ) -> tuple[dict[str, Any], str]:
+def plan(run_dirs: Sequence[str | os.PathLike], n_images: int = 13_000, tta: str = "hflip", gpu: str = "t4",
+         fraction: float | None = None, budget_h: float = 9.0, images: Sequence[Path] | None = None,
+         gpus: int = 2) -> tuple[dict[str, Any], str]:
     """Measure here, scale to the Kaggle GPU profile; returns (estimate, printable table)."""
     chosen = [Path(p) for p in images] if images else plan_images()
     if not chosen:
@@ -216,5 +222,5 @@ def plan(run_dirs: Sequence[str | os.PathLike], n_images: int = 13_000, tta: str
     kinds = sorted({p.suffix.lstrip(".").upper() for p in chosen})
     decoder = "imagecodecs" if fast_png else "OpenCV, as the image lacks imagecodecs"
     note = f", {len(chosen)} real {'/'.join(kinds)} images from {chosen[0].parent.name}/, PNG decoder {decoder}"
-    p = estimate(runs, pre, n_images, tta, gpu, fraction, budget_h)
+    p = estimate(runs, pre, n_images, tta, gpu, fraction, budget_h, gpus=gpus)
     return p, format_plan(p, note)

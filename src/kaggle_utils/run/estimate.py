@@ -8,8 +8,13 @@ preprocess step.
 Times are estimates: forward FLOPs per image are counted (torch's FlopCounterMode, batch 1, the real model
 at its input size), training costs 3x a forward pass, and the rates below turn FLOPs into seconds. The CPU
 rates were measured on this project's 2-core machine (``bench/train.py``-style loops, channels-last);
-the P100 rates take its 9.3 TFLOP/s fp32 peak and the achieved fractions of ``kernel_plan`` (no GPU was
-available to check them against).
+the GPU rates take the GPU's peak (T4: 65 TFLOP/s fp16 tensor cores; P100: 9.3 fp32) and the achieved
+fractions of ``kernel_plan`` (no GPU was available to check them against).
+
+The Kaggle column prices the config's ``accelerator:`` (default ``t4x2``, kernel/accelerators.py) per step
+on one of its GPUs; its total is the chain's critical path when every GPU runs a step (``devices: auto``):
+training steps are list-scheduled in plan order onto the GPUs, after their stage 1, with the 4 vCPUs' image
+loading shared between them. The P100 column stays as a reference row: Kaggle retired it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from kaggle_utils import io
+from kaggle_utils.kernel import accelerators
 from kaggle_utils.kernel.plan import ACHIEVED, CPU_SCALING, GPU_PROFILES, KAGGLE_VCPUS, model_family
 
 # Achieved GFLOP/s here (2 cores), by family: lite0 at 224 px trains at ~23 img/s with the CPU default
@@ -45,10 +51,35 @@ class Cost:
         return (train_imgs * (3 * self.gflop / CPU_GFLOPS["train"][family] + loader)
                 + fwd_imgs * (self.gflop / CPU_GFLOPS["forward"][family] + loader / 4))
 
-    def p100(self, family: str, train_imgs: float, fwd_imgs: float, size: int) -> float:
-        rate = GPU_PROFILES["p100"].peak_tflops * 1e3 * ACHIEVED["p100"][family]  # GFLOP/s
-        loader = CPU_LOADER_S_224 * (size / 224) ** 2 / KAGGLE_LOADER_WORKERS
+    def gpu(self, profile: str, family: str, train_imgs: float, fwd_imgs: float, size: int,
+            sharing: int = 1) -> float:
+        """Seconds on one GPU of ``profile`` whose loader shares the kernel's vCPUs with ``sharing`` GPUs."""
+        rate = GPU_PROFILES[profile].peak_tflops * 1e3 * ACHIEVED[profile][family]  # GFLOP/s
+        loader = CPU_LOADER_S_224 * (size / 224) ** 2 / (KAGGLE_LOADER_WORKERS / max(1, sharing))
         return train_imgs * max(3 * self.gflop / rate, loader) + fwd_imgs * max(self.gflop / rate, loader / 4)
+
+    def p100(self, family: str, train_imgs: float, fwd_imgs: float, size: int) -> float:
+        return self.gpu("p100", family, train_imgs, fwd_imgs, size)
+
+
+def critical_path(rows: list[dict[str, Any]], slots: int, key: str = "kaggle_s") -> float:
+    """The chain's wall time with ``slots`` devices: training steps list-scheduled in plan order (a model's
+    fine-tunes after its stage 1), every other step alone after everything before it."""
+    free = [0.0] * max(1, slots)
+    done_at: dict[str, float] = {}  # pretrain step name -> its finish
+    barrier = 0.0  # when the last non-training step finished
+    for row in rows:
+        if row.get("work", {}).get("kind") != "train":
+            barrier = max([barrier, *free]) + row[key]
+            free = [barrier] * len(free)
+            continue
+        params = row["work"]["params"]
+        ready = max(barrier, done_at.get(str(Path(params.get("init_from") or "").parent), 0.0))
+        slot = min(range(len(free)), key=lambda k: max(free[k], ready))
+        free[slot] = max(free[slot], ready) + row[key]
+        if params.get("stage") == "pretrain":
+            done_at[str(Path(params["out_dir"]))] = free[slot]
+    return max([barrier, *free])
 
 
 _FLOPS: dict[tuple[str, str, int], float] = {}
@@ -106,10 +137,38 @@ def _load_counted(specs: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame, list[st
     return table, skipped, elsewhere
 
 
+class Pricing:
+    """Seconds of a step's images on the Kaggle accelerator a config names, on one of its GPUs."""
+
+    def __init__(self, name: str | None) -> None:
+        self.named = accelerators.resolve(name)
+        self.acc = self.named.effective()  # a retired shape runs on its replacement
+        self.profile = self.acc.profile
+        self.slots = max(1, self.acc.gpus)
+
+    @property
+    def label(self) -> str:
+        if not self.acc.gpus:
+            return "Kaggle CPU"
+        gpu = GPU_PROFILES[self.profile].name.split()[0] if self.profile else self.acc.name
+        return f"{gpu} x{self.acc.gpus}" if self.acc.gpus > 1 else gpu
+
+    def __call__(self, cost: Cost, family: str, train_imgs: float, fwd_imgs: float, size: int,
+                 here_s: float) -> float:
+        if not self.acc.gpus:
+            return here_s  # Kaggle's 4 vCPUs are 2 cores, like this machine
+        if self.profile is None:
+            return float("nan")
+        return cost.gpu(self.profile, family, train_imgs, fwd_imgs, size, sharing=self.slots)
+
+
 def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One row per step: what it does, on which rows, and its estimated seconds here and on a P100."""
+    """One row per step: what it does, on which rows, and its estimated seconds here, on one GPU of the
+    config's Kaggle accelerator and on a P100 (reference)."""
     from kaggle_utils.data.assemble import parse_sources
     from kaggle_utils.run import chain, config
+
+    price = Pricing(cfg.get("accelerator"))
 
     specs = parse_sources(cfg["data"])
     table, skipped, elsewhere = _load_counted(specs)
@@ -142,16 +201,16 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
             kaggle = here * max(1, int(p.get("workers", 1))) / KAGGLE_LOADER_WORKERS
             rows.append({"step": step.name, "stage": "data", "trains_on": ", ".join(
                 f"{s.name} ({s.role}{', resize only' if s.preprocessed else ''}) {counts.get(s.name, 0)}"
-                for s in specs), "rows": f"{n}", "here_s": here, "p100_s": kaggle,
+                for s in specs), "rows": f"{n}", "here_s": here, "p100_s": kaggle, "kaggle_s": kaggle,
                 "work": {"kind": "preprocess", "base": recipes[p["out_dir"]],
                          "workers": max(1, int(p.get("workers", 1)))}})
             continue
         if step.notebook == "train":
-            rows.append(_train_row(step, p, specs, counts, n_comp, n_folds, val_fraction))
+            rows.append(_train_row(step, p, specs, counts, n_comp, n_folds, val_fraction, price))
             rows[-1]["work"]["preprocess"] = recipes.get(p.get("cache_dir", ""), {})
             continue
         if step.notebook == "infer":
-            here = p100 = 0.0
+            here = p100 = on_kaggle = 0.0
             runs = []
             for name in (Path(d).name for d in p["run_dirs"]):
                 m = {**(cfg.get("train") or {}), **models[name]}
@@ -159,28 +218,32 @@ def describe(cfg: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], 
                 cost = Cost(forward_gflop(m["model"], m.get("head", "regression"), int(m.get("size", 224))))
                 fam = model_family(m["model"])
                 fwd = n_test * folds * views + (n_comp * views if infer_cfg.get("oof_tta") else 0)
-                here += cost.here(fam, 0, fwd, int(m.get("size", 224)))
+                one = cost.here(fam, 0, fwd, int(m.get("size", 224)))
+                here += one
                 p100 += cost.p100(fam, 0, fwd, int(m.get("size", 224)))
+                on_kaggle += price(cost, fam, 0, fwd, int(m.get("size", 224)), one)
                 runs.append({"name": name, "model": m["model"], "head": m.get("head", "regression"), "pool": m.get("pool", "avg"),
                              "size": int(m.get("size", 224)), "folds": folds,
                              "preprocess": {**(cfg.get("preprocess") or {}), **(m.get("preprocess") or {})}})
             oof = f" + OOF x{views}" if infer_cfg.get("oof_tta") else ""
             rows.append({"step": step.name, "stage": "inference", "trains_on": f"TTA {infer_cfg.get('tta', 'none')}",
-                         "rows": f"{n_test} test{oof}", "here_s": here, "p100_s": p100,
+                         "rows": f"{n_test} test{oof}", "here_s": here, "p100_s": p100, "kaggle_s": on_kaggle,
                          "work": {"kind": "infer", "runs": runs, "n_test": n_test, "views": views,
                                   "tta": str(infer_cfg.get("tta", "none")),
                                   "n_oof": n_comp if infer_cfg.get("oof_tta") else 0,
                                   "batch_size": int(infer_cfg.get("batch_size", 32))}})
             continue
         row = {"step": step.name, "stage": step.notebook, "trains_on": "", "rows": "", "here_s": 10.0,
-               "p100_s": 10.0}
+               "p100_s": 10.0, "kaggle_s": 10.0}
         if step.notebook == "blend" and runs:  # runs: the infer step's, just above
             row["work"] = {"kind": "blend", "params": p, "runs": runs, "n_oof": n_comp, "n_test": n_test}
         rows.append(row)
     facts = {"skipped_rows": len(skipped), "counts": counts, "n_comp": n_comp, "n_test": n_test,
              "elsewhere": elsewhere, "warnings": _test_warnings(test, test_csv),
              "budget_s": float(cfg.get("budget_hours", 9)) * 3600,
-             "samples": {s.name: _samples(table, s) for s in specs}}
+             "samples": {s.name: _samples(table, s) for s in specs},
+             "accelerator": price.named, "kaggle_label": price.label, "slots": price.slots,
+             "kaggle_total_s": critical_path(rows, price.slots)}
     return rows, facts
 
 
@@ -207,7 +270,7 @@ _PRE_KEYS = {"size", "crop", "crop_tol", "framing", "resize_mode", "circle", "cl
 
 
 def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str, int], n_comp: int, n_folds: int,
-               val_fraction: float) -> dict[str, Any]:
+               val_fraction: float, price: Pricing) -> dict[str, Any]:
     external = [s.name for s in specs if s.role == "external"]
     comp = next(s.name for s in specs if s.role == "competition")
     if p["stage"] == "pretrain":
@@ -232,9 +295,12 @@ def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str,
     head, fam = p.get("head", "regression"), model_family(p["model"])
     cost = Cost(forward_gflop(p["model"], head, size))
     here, p100 = cost.here(fam, 0, epochs * val, size), cost.p100(fam, 0, epochs * val, size)
+    on_kaggle = price(cost, fam, 0, epochs * val, size, here)
     for s in epoch_sizes(p, size, epochs):  # progressive resizing: each epoch trains at its own size
         at = Cost(forward_gflop(p["model"], head, s))
-        here, p100 = here + at.here(fam, per_epoch, 0, s), p100 + at.p100(fam, per_epoch, 0, s)
+        one = at.here(fam, per_epoch, 0, s)
+        here, p100 = here + one, p100 + at.p100(fam, per_epoch, 0, s)
+        on_kaggle += price(at, fam, per_epoch, 0, s, one)
     extras = [f"{p['model']} {head} @{size}", f"{epochs} ep"]
     if p.get("size_schedule"):
         extras[0] = f"{p['model']} {head} @{'/'.join(map(str, p['size_schedule']))}->{size}"
@@ -243,7 +309,7 @@ def _train_row(step: Any, p: dict[str, Any], specs: list[Any], counts: dict[str,
     if p.get("sampler_rates"):
         extras.append("rates " + ":".join(f"{r:g}" for r in p["sampler_rates"]))
     return {"step": step.name, "stage": stage, "trains_on": on + " | " + ", ".join(extras),
-            "rows": f"~{train} train / ~{val} val", "here_s": here, "p100_s": p100,
+            "rows": f"~{train} train / ~{val} val", "here_s": here, "p100_s": p100, "kaggle_s": on_kaggle,
             "work": {"kind": "train", "params": p, "epochs": epochs, "per_epoch": per_epoch, "val": val}}
 
 
@@ -261,38 +327,53 @@ def hm(s: float) -> str:
 
 
 def format_plan(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
-    """The plan as a table; with ``--measure`` (rows carry ``measured_s``) a column of measured times beside the
-    estimates, and the budget verdict on the measured total."""
+    """The plan as a table: each step's time here, on one GPU of the config's Kaggle accelerator and on a P100
+    (reference); the Kaggle total is the critical path with a step per GPU. With ``--measure`` (rows carry
+    ``measured_s``) a column of measured times, and the budget verdict on the measured total."""
     measured = facts.get("measured")
+    label, slots = facts.get("kaggle_label", "T4 x2"), int(facts.get("slots", 1))
     wide = max(len(r["step"]) for r in rows)
     extra = f"  {'measured':>8}" if measured else ""
-    head = f"{'step':<{wide}}  {'stage':<19}  {'rows':<24}  {'here':>6}  {'P100':>6}{extra}  what"
+    col = max(6, len(label))
+    head = (f"{'step':<{wide}}  {'stage':<19}  {'rows':<24}  {'here':>6}  {label:>{col}}  {'P100':>6}{extra}"
+            "  what")
     lines = [head, "-" * len(head)]
+
+    def cell(v: float) -> str:
+        return "-" if v != v else hm(v)  # NaN: an accelerator we have no profile for
+
     for r in rows:
-        cell = f"  {hm(r['measured_s']):>8}" if measured else ""
+        m = f"  {hm(r['measured_s']):>8}" if measured else ""
         lines.append(f"{r['step']:<{wide}}  {r['stage']:<19}  {r['rows']:<24}  {hm(r['here_s']):>6}  "
-                     f"{hm(r['p100_s']):>6}{cell}  {r['trains_on']}")
+                     f"{cell(r.get('kaggle_s', float('nan'))):>{col}}  {hm(r['p100_s']):>6}{m}  {r['trains_on']}")
     here, p100 = sum(r["here_s"] for r in rows), sum(r["p100_s"] for r in rows)
+    kaggle = float(facts.get("kaggle_total_s", float("nan")))
     budget = facts["budget_s"]
-    totals = [(here, "here"), (p100, "on a P100")]
+    totals = [(here, "here"), (kaggle, f"on Kaggle {label}")]
     if measured:
         totals.append((sum(r["measured_s"] for r in rows), f"measured on {measured['device']}"))
+    acc = facts.get("accelerator")
+    per = f"{slots} steps at once, one per GPU" if slots > 1 else "one step at a time"
     lines += ["-" * len(head),
-              f"total: {hm(here)} here (2 CPU cores), {hm(p100)} on a Kaggle P100"
+              f"total: {hm(here)} here (2 CPU cores), {cell(kaggle)} on Kaggle {label} ({per}; "
+              f"accelerator {acc.name if acc else 't4x2'}), P100 reference {hm(p100)} (retired)"
               + (f", {hm(totals[2][0])} measured on {measured['device']}" if measured else "")
               + f"; budget {hm(budget)}: "
               + ", ".join(f"{'fits' if t <= budget else 'past it by ' + hm(t - budget)} {where}"
-                          for t, where in totals),
+                          for t, where in totals if t == t),
               *([f"not on this machine: {', '.join(facts['elsewhere'])} (declared rows; preprocessing timed on "
                  "stand-in originals from ../shared/data/raw)"] if facts["elsewhere"] else []),
               f"{facts['skipped_rows']} label row(s) will be skipped (bad grade or missing image); folds and "
               "duplicates are made by the preprocess step, so '~' counts are before duplicate removal.",
-              "Times: counted FLOPs x measured CPU rates here; P100 from its peak and kernel_plan's achieved "
+              "Times: counted FLOPs x measured CPU rates here; GPUs from their peak and kernel_plan's achieved "
               "fractions, not measured on a GPU."
               + (" Measured: real steps on this machine (below)." if measured else "")]
+    if acc is not None and acc.retired:
+        lines.append(f"WARNING: accelerator {acc.name!r} is retired on Kaggle: {acc.retired} The plan prices "
+                     f"what runs: {label}.")
     if measured:
         lines += measured["lines"]
     lines += [f"WARNING: {w}" for w in facts.get("warnings", [])]
-    if p100 > 9 * 3600:
-        lines.append(f"WARNING: {hm(p100)} is past Kaggle's 9 h limit on a P100")
+    if kaggle == kaggle and kaggle > 9 * 3600:
+        lines.append(f"WARNING: {hm(kaggle)} is past Kaggle's 9 h limit on {label}")
     return "\n".join(lines)

@@ -472,3 +472,36 @@ def verdict(facts: dict[str, Any]) -> tuple[str, bool]:
                 f"({100 * total / budget:.0f} %)", True)
     return (f"[measure] OVER BUDGET: {hm(total)} measured on {m['device']} exceeds the {hm(budget)} budget by "
             f"{hm(total - budget)}; use fewer models, folds, epochs or TTA views, or a smaller size", False)
+
+
+def ddp_rank_epoch(rank: int, params: dict[str, Any], pngs: list[str], backend: str, port: int, out: str,
+                   steps: int = 12) -> None:
+    """One rank of a DDP world of two training one short epoch (``bench/gpu_check.py``: one process per GPU
+    with nccl, or two CPU processes with gloo); writes ``out/rank<k>.txt``: status and median s/step."""
+    import torch
+    import torch.distributed as dist
+
+    from kaggle_utils.training.distributed import DistInfo
+    from kaggle_utils.training.loop import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=2)
+    try:
+        cfg = train_config(params, dev, Path(out) / f"rank{rank}").replace(epochs=1,
+                                                                                   max_steps_per_epoch=steps)
+        table = sample_table(pngs, cfg.batch_size * 2 * (steps + 1), 2 * cfg.batch_size)
+        stamps: list[float] = []
+        trainer = Trainer(cfg, table, on_step=lambda _: stamps.append(time.perf_counter()),
+                          dist_info=DistInfo(rank, 2, rank))
+        result = trainer.fit()
+        gaps = sorted(b - a for a, b in zip(stamps[2:], stamps[3:], strict=False))
+        step = gaps[len(gaps) // 2] if gaps else float("nan")
+        from kaggle_utils import io
+
+        io.write_text(Path(out, f"rank{rank}.txt"), f"{result['status']} {step}")
+    finally:
+        dist.destroy_process_group()
