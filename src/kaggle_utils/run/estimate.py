@@ -63,23 +63,47 @@ class Cost:
 
 
 def critical_path(rows: list[dict[str, Any]], slots: int, key: str = "kaggle_s") -> float:
-    """The chain's wall time with ``slots`` devices: training steps list-scheduled in plan order (a model's
-    fine-tunes after its stage 1), every other step alone after everything before it."""
-    free = [0.0] * max(1, slots)
-    done_at: dict[str, float] = {}  # pretrain step name -> its finish
-    barrier = 0.0  # when the last non-training step finished
+    """The chain's wall time with ``slots`` devices, scheduled as the chain runs it: whenever a device is free
+    it takes the first training step in plan order whose stage 1 has finished; every other step runs alone,
+    after everything before it."""
+    clock, segment = 0.0, []  # segment: consecutive training rows between two other steps
+
+    def run_segment(start: float, todo: list[dict[str, Any]]) -> float:
+        free = [start] * max(1, slots)
+        finished: dict[str, float] = {}  # a stage 1's out_dir -> when it finished
+        pending = list(todo)
+        while pending:
+            k = min(range(len(free)), key=free.__getitem__)
+            now = free[k]
+
+            def ready_at(row: dict[str, Any]) -> float:
+                init = row["work"]["params"].get("init_from")
+                parent = str(Path(init).parent) if init else ""
+                if not init or not any(str(Path(r["work"]["params"].get("out_dir", ""))) == parent
+                                       for r in todo if r["work"]["params"].get("stage") == "pretrain"):
+                    return start  # no stage 1 in this chain segment to wait for
+                return finished.get(parent, float("inf"))
+
+            ready = [r for r in pending if ready_at(r) <= now]
+            if not ready:  # idle until a stage 1 or another device finishes
+                later = [t for t in (*map(ready_at, pending), *free) if now < t < float("inf")]
+                free[k] = min(later)
+                continue
+            row = ready[0]
+            pending.remove(row)
+            free[k] = now + row[key]
+            if row["work"]["params"].get("stage") == "pretrain":
+                finished[str(Path(row["work"]["params"]["out_dir"]))] = free[k]
+        return max(free)
+
     for row in rows:
-        if row.get("work", {}).get("kind") != "train":
-            barrier = max([barrier, *free]) + row[key]
-            free = [barrier] * len(free)
+        if row.get("work", {}).get("kind") == "train":
+            segment.append(row)
             continue
-        params = row["work"]["params"]
-        ready = max(barrier, done_at.get(str(Path(params.get("init_from") or "").parent), 0.0))
-        slot = min(range(len(free)), key=lambda k: max(free[k], ready))
-        free[slot] = max(free[slot], ready) + row[key]
-        if params.get("stage") == "pretrain":
-            done_at[str(Path(params["out_dir"]))] = free[slot]
-    return max([barrier, *free])
+        if segment:
+            clock, segment = run_segment(clock, segment), []
+        clock += row[key]
+    return run_segment(clock, segment) if segment else clock
 
 
 _FLOPS: dict[tuple[str, str, int], float] = {}
