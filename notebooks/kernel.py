@@ -38,26 +38,30 @@ prior_method = "em"  # em | bbse
 # %%
 # Start clean: a run that fails or is interrupted must not leave an older submission.csv looking current, so
 # it goes first (the last cell writes the new one atomically: a temp file renamed over the name).
-# Offline install: code competitions run with the internet off, so kaggle_utils and the packages the Kaggle
-# image lacks come from the attached dataset's wheels/ (build_kernel.py writes DATASET and PACKAGES).
-# This is `pip install --no-index --find-links /kaggle/input/<DATASET>/wheels <PACKAGES>`. Should pip's
-# resolver trip over the image's own metadata (a package an image package declares but lacks), it retries
-# without resolving (PACKAGES is the whole bundle) and says so; a failed install stops the notebook here.
-import importlib
 import os
-import subprocess
-import sys
 
 stale = os.path.join(out_dir, "submission.csv")
 if os.path.exists(stale):
     os.remove(stale)
     print(f"removed {stale} (an earlier run's)")
 
+# %% tags=["offline-install"]
+# Offline install (the same cell in both kernels: kaggle_utils/kernel/notebook.py; build_kernel.py
+# writes DATASET and PACKAGES). The kernel runs with the internet off, so kaggle_utils and the packages the
+# Kaggle image lacks come from the attached dataset's wheels/: `pip install --no-index --find-links
+# /kaggle/input/<DATASET>/wheels <PACKAGES>`. Should pip's resolver trip over the image's own metadata (a
+# package an image package declares but lacks), it retries without resolving (PACKAGES is the whole bundle)
+# and says so; a failed install stops the notebook here.
+import importlib
+import os
+import subprocess
+import sys
+
 DATASET = "kaggle-utils-aptos-models"
 PACKAGES = ["kaggle_utils"]
 KAGGLE_INPUT = os.environ.get("KAGGLE_UTILS_INPUT", "/kaggle/input")  # only build_kernel.py --verify sets it
-pip = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", f"{KAGGLE_INPUT}/{DATASET}/wheels",
-       *PACKAGES]
+bundle = f"{KAGGLE_INPUT}/{DATASET}"
+pip = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", f"{bundle}/wheels", *PACKAGES]
 print(" ".join(pip))
 done = subprocess.run(pip, capture_output=True, text=True)
 if done.returncode:

@@ -32,18 +32,22 @@ out_dir = "/kaggle/working"
 kernel_id = "kaggleutils/kaggle-utils-train"
 
 # %%
-# Offline install: the kernel runs with the internet off, so kaggle_utils and the packages the Kaggle image
-# lacks come from the attached dataset's wheels/ (build_kernel.py writes DATASET and PACKAGES). Should pip's
-# resolver trip over the image's own metadata, it retries without resolving (PACKAGES is the whole bundle)
-# and says so; a failed install stops the notebook here. The weights manifest and files are the dataset's:
-# an installed kaggle_utils has no repository beside it.
+import time
+
+started = time.time()  # the 9 h budget counts from here, the offline install included
+
+# %% tags=["offline-install"]
+# Offline install (the same cell in both kernels: kaggle_utils/kernel/notebook.py; build_kernel.py
+# writes DATASET and PACKAGES). The kernel runs with the internet off, so kaggle_utils and the packages the
+# Kaggle image lacks come from the attached dataset's wheels/: `pip install --no-index --find-links
+# /kaggle/input/<DATASET>/wheels <PACKAGES>`. Should pip's resolver trip over the image's own metadata (a
+# package an image package declares but lacks), it retries without resolving (PACKAGES is the whole bundle)
+# and says so; a failed install stops the notebook here.
 import importlib
 import os
 import subprocess
 import sys
-import time
 
-started = time.time()  # the 9 h budget counts from here
 DATASET = "kaggle-utils-train"
 PACKAGES = ["kaggle_utils"]
 KAGGLE_INPUT = os.environ.get("KAGGLE_UTILS_INPUT", "/kaggle/input")  # only build_kernel.py --verify sets it
@@ -58,6 +62,9 @@ print(done.stdout[-2000:])
 if done.returncode:
     raise RuntimeError(f"offline install failed (pip exit {done.returncode}):\n{done.stderr[-3000:]}")
 importlib.invalidate_caches()
+
+# %%
+# The weights manifest and files are the dataset's: an installed kaggle_utils has no repository beside it.
 os.environ["KAGGLE_UTILS_WEIGHTS"] = os.pathsep.join(
     p for p in (f"{bundle}/weights", os.environ.get("KAGGLE_UTILS_WEIGHTS")) if p)
 os.environ["KAGGLE_UTILS_MANIFEST"] = f"{bundle}/weights/manifest.json"
@@ -67,8 +74,11 @@ notebooks = f"{bundle}/notebooks"
 import torch
 
 if torch.cuda.is_available():
-    props = torch.cuda.get_device_properties(0)
-    device = f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} GPU(s))"
+    gpus = [torch.cuda.get_device_properties(k) for k in range(torch.cuda.device_count())]
+    for k, props in enumerate(gpus):  # the chain trains one step per GPU (devices: auto)
+        print(f"cuda:{k}: {props.name}, {props.total_memory / 2**30:.1f} GiB")
+    props = gpus[0]
+    device = f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {len(gpus)} GPU(s))"
 elif require_gpu:
     raise RuntimeError("no CUDA device: turn the GPU accelerator on in the kernel's settings (its "
                        "kernel-metadata.json asks for one), or pass require_gpu=False to train on the CPU")

@@ -37,3 +37,14 @@ def _restore_model_registry():
     yield
     for name in set(registry._REGISTRY) - before:
         del registry._REGISTRY[name]
+
+
+@pytest.fixture(scope="session")
+def quick_train_bundle(tmp_path_factory) -> tuple[Path, dict]:
+    """The training bundle of configs/kaggle_quickstart.yaml, built once for every test that reads it (its
+    contents, tests/test_kernel_train.py; Kaggle's client, tests/test_kaggle_client.py): never modify it."""
+    from kaggle_utils.kernel.train_bundle import TrainBundleSpec, build_training
+
+    out = tmp_path_factory.mktemp("train_bundle") / "bundle"
+    spec = TrainBundleSpec(REPO / "configs" / "kaggle_quickstart.yaml", out, owner="tester")
+    return out, build_training(spec, progress=False)

@@ -112,6 +112,7 @@ def test_metadata_files_pass_the_kaggle_api_rules(bundle):
     assert kmeta["competition_sources"] == ["aptos2019-blindness-detection"] and kmeta["kernel_sources"] == []
     assert (kmeta["kernel_type"], kmeta["language"], kmeta["code_file"]) == ("notebook", "python", "kernel.ipynb")
     assert kmeta["is_private"] is True and kmeta["enable_gpu"] is True and kmeta["enable_internet"] is False
+    assert kmeta["machine_shape"] == "NvidiaTeslaT4" and kmeta["enable_tpu"] is False  # Kaggle's GPU: T4 x2
 
 
 @pytest.mark.parametrize("change, problem", [
@@ -154,11 +155,14 @@ def test_notebook_installs_only_from_the_dataset(bundle):
     out, _ = bundle
     nb = json.loads((out / "kernel" / "kernel.ipynb").read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    params, install = code[0], code[1]  # papermill injects right after the parameters; then install, first thing
-    assert '"--no-index", "--find-links", f"{KAGGLE_INPUT}/{DATASET}/wheels"' in install["source"]
+    # papermill injects right after the parameters; then the stale submission goes, then the install
+    params, clean, install = code[0], code[1], code[2]
+    assert "offline-install" in install["metadata"]["tags"] and "os.remove(stale)" in clean["source"]
+    assert 'bundle = f"{KAGGLE_INPUT}/{DATASET}"' in install["source"]
+    assert '"--no-index", "--find-links", f"{bundle}/wheels"' in install["source"]
     assert 'DATASET = "kaggle-utils-aptos-models"' in install["source"]
     assert 'PACKAGES = ["kaggle_utils", "efficientnet-lite-pytorch"]' in install["source"]
-    assert not any("kaggle_utils import" in c["source"] for c in code[:2])
+    assert not any("kaggle_utils import" in c["source"] for c in code[:3])
     assert [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])] == [params]
     assert 'models_dir = "/kaggle/input/kaggle-utils-aptos-models/models"' in params["source"]
     assert 'test_images = "/kaggle/input/aptos2019-blindness-detection/test_images"' in params["source"]

@@ -16,14 +16,15 @@ import yaml
 
 from kaggle_utils.kernel import __main__ as kernel_cli
 from kaggle_utils.kernel import bundle as kernel_bundle
-from kaggle_utils.kernel import handover, layout, train_verify, training
+from kaggle_utils.kernel import handover, layout, notebook, train_verify, training
 from kaggle_utils.kernel.bundle import BundleSpec
 from kaggle_utils.kernel.layout import BundleError
+from kaggle_utils.kernel.notebook import install_cell
 from kaggle_utils.kernel.train_bundle import TrainBundleSpec, build_training
 from kaggle_utils.run.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK, P100 = REPO / "configs" / "kaggle_quickstart.yaml", REPO / "configs" / "aptos_p100.yaml"
+QUICK, GPU = REPO / "configs" / "kaggle_quickstart.yaml", REPO / "configs" / "kaggle_gpu.yaml"
 LITE0 = "efficientnet-lite0-57934424.pth"
 
 
@@ -32,9 +33,8 @@ def _config(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def quick_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train_bundle") / "bundle"
-    return out, build_training(TrainBundleSpec(QUICK, out, owner="tester"), progress=False)
+def quick_bundle(quick_train_bundle):
+    return quick_train_bundle  # conftest.py: built once, Kaggle's client checks it too
 
 
 # ------------------------------------------------------------------------------------------ the bundle
@@ -69,7 +69,8 @@ def test_training_kernel_metadata_and_notebook(quick_bundle):
     out, _ = quick_bundle
     kmeta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
     assert kernel_bundle.validate_kernel_metadata(kmeta, out / "kernel") == []
-    assert (kmeta["enable_gpu"], kmeta["enable_internet"]) == (True, False)
+    assert (kmeta["enable_gpu"], kmeta["enable_tpu"], kmeta["enable_internet"]) == (True, False, False)
+    assert kmeta["machine_shape"] == "NvidiaTeslaT4"  # T4 x2: the config's `accelerator: t4x2`
     assert kmeta["id"] == "tester/kaggle-utils-train-kaggle-quickstart"
     assert kmeta["competition_sources"] == ["aptos2019-blindness-detection"]
     assert kmeta["dataset_sources"] == ["tester/kaggle-utils-train-kaggle-quickstart"]
@@ -78,9 +79,46 @@ def test_training_kernel_metadata_and_notebook(quick_bundle):
     code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
     assert 'config = "/kaggle/input/kaggle-utils-train-kaggle-quickstart/config/kaggle_quickstart.yaml"' in code[0]
     assert "smoke = False" in code[0] and "plan = True" in code[0]  # the default plans, and trains in full
-    assert 'DATASET = "kaggle-utils-train-kaggle-quickstart"' in code[1]
-    assert 'PACKAGES = ["kaggle_utils", "efficientnet-lite-pytorch"]' in code[1] and "--no-index" in code[1]
+    assert "require_gpu = True  # stop when there is no CUDA device" in code[0]  # a GPU kernel; comment kept
+    install = _install_cell(cells)
+    assert install == install_cell("kaggle-utils-train-kaggle-quickstart", ["kaggle_utils", "efficientnet-lite-pytorch"])
+    assert '"--no-index"' in install and code.index(install) == 2  # after the parameters and the clock
+    assert "started = time.time()" in code[1]  # the budget counts from before the install
+    assert not any("kaggle_utils import" in c for c in code[:3])
     assert any('"--plan", "--measure"' in c for c in code) and any("run_chain(" in c for c in code)
+
+
+def _install_cell(cells: list[dict]) -> str:
+    (cell,) = [c for c in cells if notebook.TAG in c["metadata"].get("tags", [])]
+    return "".join(cell["source"])
+
+
+@pytest.mark.parametrize("name, dataset", [("kernel", "kaggle-utils-aptos-models"),
+                                           ("train_kernel", "kaggle-utils-train")])
+def test_both_kernels_carry_the_one_offline_install_cell(name, dataset):
+    """One source (kernel/notebook.py): each repository notebook, .py and .ipynb, holds it rendered
+    with its placeholders, so what is read and linted here is what the builder writes into the bundle."""
+    expected = install_cell(dataset, ["kaggle_utils"])
+    paired = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+    assert _install_cell(paired) == expected, f"notebooks/{name}: install cell differs from kaggle_utils/kernel/notebook.py"
+    import jupytext
+
+    source = jupytext.read(REPO / "notebooks" / f"{name}.py")
+    assert _install_cell([{"metadata": c.metadata, "source": c.source} for c in source.cells]) == expected
+    rendered = json.loads(kernel_bundle.render_notebook({"DATASET": "my-data", "PACKAGES": ["kaggle_utils", "x"]},
+                                                        {}, REPO / "notebooks" / f"{name}.py"))["cells"]
+    assert _install_cell(rendered) == install_cell("my-data", ["kaggle_utils", "x"])
+
+
+def test_a_notebook_without_its_install_cell_or_importing_first_is_refused(tmp_path):
+    text = (REPO / "notebooks" / "kernel.py").read_text()
+    for broken, says in [(text.replace('tags=["offline-install"]', ""), "exactly one code cell tagged"),
+                         (text.replace("import os\n\nstale", "import kaggle_utils\nimport os\n\nstale"),
+                          "imports kaggle_utils, which it installs")]:
+        assert broken != text
+        (tmp_path / "nb.py").write_text(broken)
+        with pytest.raises(BundleError, match=says):
+            kernel_bundle.render_notebook({"DATASET": "d", "PACKAGES": []}, {}, tmp_path / "nb.py")
 
 
 def test_the_paired_training_notebook_is_in_sync():
@@ -102,25 +140,25 @@ def test_two_training_builds_are_identical(quick_bundle, tmp_path):
 
 def test_missing_weights_name_the_file_and_where_before_anything_is_written(tmp_path):
     with pytest.raises(BundleError) as err:
-        build_training(TrainBundleSpec(P100, tmp_path / "out", owner="tester"), progress=False)
+        build_training(TrainBundleSpec(GPU, tmp_path / "out", owner="tester"), progress=False)
     text = str(err.value)
     assert "efficientnet-b2-8bb594d6.pth" in text and str(REPO / "weights") in text
     assert "python -m kaggle_utils.models download efficientnet-b2" in text and "--weights-dataset" in text
     assert not (tmp_path / "out").exists()
 
 
-def test_p100_bundle_attaches_its_datasets_and_expects_its_weights_from_one(tmp_path):
-    spec = TrainBundleSpec(P100, tmp_path / "out", owner="tester", attach=["someone/diabetic-retinopathy-resized"],
+def test_gpu_bundle_attaches_its_datasets_and_expects_its_weights_from_one(tmp_path):
+    spec = TrainBundleSpec(GPU, tmp_path / "out", owner="tester", attach=["someone/diabetic-retinopathy-resized"],
                            weights_datasets=["tester/imagenet-weights"])
     report = build_training(spec, progress=False)
     kmeta = json.loads((tmp_path / "out" / "kernel" / "kernel-metadata.json").read_text())
-    assert kmeta["dataset_sources"] == ["tester/kaggle-utils-train-aptos-p100", "someone/diabetic-retinopathy-resized",
+    assert kmeta["dataset_sources"] == ["tester/kaggle-utils-train-kaggle-gpu", "someone/diabetic-retinopathy-resized",
                                         "tester/imagenet-weights"]
     assert report["unattached_inputs"] == ["idrid"]  # the build warns: attach it in the editor or --attach
     assert sorted(w["name"] for w in report["wheels"]) == ["efficientnet-pytorch", "kaggle-utils", "munch",
                                                            "pretrainedmodels", "six"]
     wmanifest = json.loads((tmp_path / "out" / "dataset" / "weights" / "manifest.json").read_text())
-    assert sorted(wmanifest) == ["efficientnet-b2", "efficientnet-b3", "se_resnext50_32x4d"]
+    assert sorted(wmanifest) == ["efficientnet-b2", "efficientnet-b3", "efficientnet-b4", "se_resnext50_32x4d"]
     assert [w["name"] for w in report["weights_from_attached_datasets"]] == sorted(wmanifest)
 
 
@@ -139,7 +177,7 @@ def test_cli_keeps_the_two_bundles_options_apart(capsys):
 
 
 # ------------------------------------------------------------------------------------------ smoke override
-@pytest.mark.parametrize("path", [QUICK, P100, REPO / "configs" / "aptos_cpu.yaml"])
+@pytest.mark.parametrize("path", [QUICK, GPU, REPO / "configs" / "aptos_cpu.yaml"])
 def test_smoke_is_one_pure_rewrite_of_the_config_that_the_chain_accepts(path):
     cfg = _config(path)
     before = copy.deepcopy(cfg)
@@ -162,10 +200,10 @@ def test_smoke_is_one_pure_rewrite_of_the_config_that_the_chain_accepts(path):
 
 
 def test_model_needs_and_mounts_read_the_config_as_the_chain_does():
-    cfg = _config(P100)
+    cfg = _config(GPU)
     needs = training.model_needs(cfg)
     assert [(n.model, n.pretrained) for n in needs] == [("se_resnext50_32x4d", True), ("efficientnet-b2", True),
-                                                        ("efficientnet-b3", True)]
+                                                        ("efficientnet-b3", True), ("efficientnet-b4", True)]
     assert training.external_mounts(cfg) == ["diabetic-retinopathy-resized", "idrid"]
     assert training.competition_mount(cfg) == "aptos2019-blindness-detection" and training.not_on_kaggle(cfg) == []
     quick = _config(QUICK)
@@ -191,7 +229,7 @@ def test_epoch_times_and_pruning(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ emulated input
-@pytest.mark.parametrize("path", [QUICK, P100])
+@pytest.mark.parametrize("path", [QUICK, GPU])
 def test_emulated_input_is_what_the_config_reads(path, tmp_path):
     from kaggle_utils.data.assemble import load_specs, parse_sources
 

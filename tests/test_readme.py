@@ -49,9 +49,10 @@ COVERED_ELSEWHERE = {
                                                                           "machine); exit statuses there too",
     "python build_kernel.py --train configs/kaggle_quickstart.yaml": "tests/test_kernel_train.py runs it as written "
                                                                      "(the offline smoke run included)",
-    "python build_kernel.py --train configs/aptos_p100.yaml": "tests/test_kernel_train.py builds it (with --attach "
+    "python build_kernel.py --train configs/kaggle_gpu.yaml": "tests/test_kernel_train.py and "
+                                                              "tests/test_kaggle_client.py build it (with --attach "
                                                               "and --weights-dataset); its --verify is the quick "
-                                                              "start's, on three models",
+                                                              "start's, on four models",
     "python build_kernel.py outputs/kaggle_train": "tests/test_kernel_train.py, on the smoke run's own output: as "
                                                    "written, and with --kernel-source --verify",
     "cd outputs/train_bundle_kaggle_quickstart && kaggle": "Kaggle's own CLI, needs credentials and the network",

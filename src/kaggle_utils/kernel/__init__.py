@@ -5,8 +5,9 @@ bundle (wheels + config + notebooks + weights, training kernel), verified and pl
 (ImageNet files), ``bundle`` (:func:`build`), ``verify`` (fresh venv, no network, temp workspace), ``testset``
 (what ``--verify`` runs the kernel on: ``--data`` the competition's test set, else a sample), ``plan`` (run
 time against the 9 h limit), ``handover`` (a chain's runs, a training kernel's output as input);
-``training`` (config reading, the smoke override, epoch times), ``train_bundle`` (:func:`build_training`),
-``train_verify`` (its smoke run offline). ``python build_kernel.py`` or ``python -m kaggle_utils.kernel``.
+``notebook`` (the kernels' notebooks, their one offline-install cell), ``accelerators`` (what a kernel asks
+Kaggle for); ``training`` (config reading, the smoke override, epoch times), ``train_bundle``
+(:func:`build_training`), ``train_verify`` (its smoke run offline). ``python build_kernel.py`` or ``python -m kaggle_utils.kernel``.
 """
 
 from kaggle_utils._exports import lazy_exports
@@ -15,10 +16,13 @@ from kaggle_utils._exports import lazy_exports
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys([
         "RunInfo", "inspect_run", "model_package", "BundleSpec", "dataset_metadata", "kernel_metadata",
-        "validate_dataset_metadata", "validate_kernel_metadata", "render_notebook", "sha256",
-        "file_table", "resolve_bundle", "resolve_wheels", "write_wheels", "seal", "build", "format_sizes",
-        "KAGGLE_LICENSES",
+        "write_kernel_metadata", "check_accelerator", "validate_dataset_metadata", "validate_kernel_metadata",
+        "sha256", "file_table", "resolve_bundle", "resolve_wheels", "write_wheels", "seal", "build",
+        "format_sizes", "KAGGLE_LICENSES",
     ], "kaggle_utils.kernel.bundle"),
+    **dict.fromkeys([
+        "render_notebook", "install_cell",
+    ], "kaggle_utils.kernel.notebook"),
     **dict.fromkeys([
         "read_image_list", "installed", "closure", "image_distributions", "KAGGLE_PYTHON",
         "KAGGLE_PLATFORM", "UNDECLARED", "VENV_OWN", "KAGGLE_MARKERS",

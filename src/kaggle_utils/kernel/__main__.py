@@ -9,13 +9,16 @@ builds the training bundle instead (:mod:`.train_bundle`; ``--verify``: :mod:`.t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kaggle_utils.kernel import accelerators
 from kaggle_utils.kernel.bundle import BundleSpec, build
 from kaggle_utils.kernel.handover import expand_runs, final_runs
 from kaggle_utils.kernel.layout import COMPETITION, BundleError, VerifyError, inside_bundle
@@ -104,6 +107,10 @@ def _parser() -> Any:
     ap.add_argument("--kernel-title", help="default: from the kernel slug (Kaggle links the two)")
     ap.add_argument("--competition", help=f"default {COMPETITION} (with --train: the config's)")
     ap.add_argument("--license", help=f"one Kaggle licence name (default {BundleSpec.license})")
+    ap.add_argument("--accelerator", metavar="NAME", help="what the kernel asks Kaggle for (kernel-metadata.json's "
+                    f"machine_shape): {', '.join(accelerators.ACCELERATORS)} or a Kaggle machine_shape; default "
+                    f"{accelerators.DEFAULT} (with --train: the config's `accelerator:`, else {accelerators.DEFAULT}); "
+                    "p100 is retired (it warns: Kaggle runs it on T4 x2)")
     ap.add_argument("--weights", action="append", default=[], metavar="NAME",
                     help="also bundle these ImageNet weights (not needed for inference)")
     ap.add_argument("--kernel-source", metavar="OWNER/SLUG", help="the training kernel whose output holds the "
@@ -127,7 +134,8 @@ def _parser() -> Any:
                     help="with --data: verify on the first N ids of test.csv only (default: all)")
     ap.add_argument("--plan", action="store_true", help="predict the kernel's run time on Kaggle")
     ap.add_argument("--images", type=int, default=13_000, help="test-set size for --plan (default %(default)s)")
-    ap.add_argument("--gpu", choices=sorted(GPU_PROFILES), default="p100")
+    ap.add_argument("--gpu", choices=sorted(GPU_PROFILES),
+                    help="price --plan on this GPU profile instead of the accelerator's (default: t4 for t4x2)")
     ap.add_argument("--gpu-fraction", type=float, help="achieved fraction of GPU peak (default per model family)")
     ap.add_argument("--budget-hours", type=float, default=9.0)
     ap.add_argument("--plan-images", help="folder of real images to time preprocessing on")
@@ -151,10 +159,41 @@ def _warn_owner(args: Any, dataset: str, kernel: str) -> None:
               + "; `kaggle datasets create` needs your own user name: pass --owner YOUR_KAGGLE_NAME", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _warning_lines() -> Iterator[None]:
+    """A retired accelerator as a plain ``warning:`` line on stderr, as Kaggle's client prints its own; any
+    other warning is shown as Python shows it."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            if issubclass(category, accelerators.RetiredAcceleratorWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", accelerators.RetiredAcceleratorWarning)
+        yield
+
+
+def _accelerator_problem(args: Any) -> str | None:
+    """Why ``--accelerator`` names nothing Kaggle could run, checked before any build."""
+    if args.accelerator is None:
+        return None
+    try:
+        accelerators.resolve(args.accelerator)
+    except ValueError as err:
+        return f"--accelerator: {err}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
-    if problem := _mode_problem(args) or (None if args.train else _verify_options(args)):
+    if problem := (_mode_problem(args) or _accelerator_problem(args)
+                   or (None if args.train else _verify_options(args))):
         ap.error(problem)
     try:
         return _training(args) if args.train else _submission(args)
@@ -170,11 +209,13 @@ def _training(args: Any) -> int:
 
     spec = TrainBundleSpec(Path(args.train), Path(args.out or default_out(args.train)),
                            args.owner or BundleSpec.owner, args.dataset_slug, args.dataset_title, args.kernel_slug,
-                           args.kernel_title, args.license or BundleSpec.license, args.attach, args.weights_dataset)
+                           args.kernel_title, args.license or BundleSpec.license, args.attach, args.weights_dataset,
+                           args.accelerator)
     names = spec.names(COMPETITION)
     _warn_owner(args, names.dataset_slug, names.kernel_slug)
     if not args.no_build:
-        build_training(spec)
+        with _warning_lines():
+            build_training(spec)
     if args.verify:
         verify_training(spec.out)
     return 0
@@ -198,19 +239,22 @@ def _submission(args: Any) -> int:
     spec = BundleSpec(runs, Path(args.out or "outputs/kernel_bundle"), args.owner or BundleSpec.owner,
                       args.dataset_slug or BundleSpec.dataset_slug, args.dataset_title or BundleSpec.dataset_title,
                       args.kernel_slug or BundleSpec.kernel_slug, args.kernel_title, args.competition or COMPETITION,
-                      args.license or BundleSpec.license, args.weights, args.tta, args.kernel_source)
+                      args.license or BundleSpec.license, args.weights, args.tta, args.kernel_source,
+                      args.accelerator or accelerators.DEFAULT)
     _warn_owner(args, spec.dataset_slug, spec.kernel_slug)
     images = _loose_images(Path(args.verify_images)) if args.verify_images else None
     if args.data:
         competition_folder(args.data)  # checked before the build: a wrong folder costs nothing
     if not args.no_build:
-        build(spec)
+        with _warning_lines():
+            build(spec)
     if args.verify:
         verify(spec.out, images, data=args.data, limit=args.verify_limit)
     if args.plan:
         imgs = sorted(Path(args.plan_images).glob("*.*")) if args.plan_images else None
-        _, table = plan([str(r) for r in runs], args.images, args.tta, args.gpu, args.gpu_fraction,
-                        args.budget_hours, imgs)
+        acc = accelerators.resolve(args.accelerator).effective()  # a retired P100 runs on T4 x2
+        _, table = plan([str(r) for r in runs], args.images, args.tta, args.gpu or acc.profile or "t4",
+                        args.gpu_fraction, args.budget_hours, imgs, gpus=max(1, acc.gpus))
         print(table)
     return 0
 

@@ -91,3 +91,13 @@ def metadata_fields(acc: Accelerator) -> dict[str, Any]:
     if acc.machine_shape:
         fields["machine_shape"] = acc.machine_shape
     return fields
+
+
+def describe(acc: Accelerator) -> str:
+    """One line for build reports: what the metadata asks for, and what Kaggle does with a retired shape."""
+    if not acc.machine_shape:
+        return f"{acc.name}: no accelerator (CPU session)"
+    text = f"{acc.name}: machine_shape {acc.machine_shape}"
+    if acc.gpus:
+        text += f", {acc.gpus} GPU" + ("s" if acc.gpus > 1 else "")
+    return text + (f" (retired on Kaggle: {acc.retired})" if acc.retired else "")

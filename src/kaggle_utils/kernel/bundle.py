@@ -34,7 +34,6 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
-import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_utils import io
+from kaggle_utils.kernel import accelerators
 from kaggle_utils.kernel.handover import kernel_source_models
 from kaggle_utils.kernel.image import closure, image_distributions, installed, read_image_list
 from kaggle_utils.kernel.layout import (
@@ -50,7 +50,6 @@ from kaggle_utils.kernel.layout import (
     IMAGE_LIST,
     MANIFEST,
     MODEL_FILES,
-    NOTEBOOK,
     OLD_PARTS,
     OWN,
     PARTS,
@@ -61,6 +60,7 @@ from kaggle_utils.kernel.layout import (
     canonical,
     slugify,
 )
+from kaggle_utils.kernel.notebook import render_notebook
 from kaggle_utils.kernel.pretrained import bundle_weights
 from kaggle_utils.kernel.wheels import build_own_wheel, fetch_wheel, wheel_name
 
@@ -139,6 +139,7 @@ class BundleSpec:
     weights: list[str] = field(default_factory=list)
     tta: str = "hflip"
     kernel_source: str | None = None  # OWNER/SLUG: the runs are that training kernel's output, not in the dataset
+    accelerator: str = accelerators.DEFAULT  # what the kernel asks Kaggle for (kernel/accelerators.py)
     image_list: Path = IMAGE_LIST
     wheel_cache: Path = WHEEL_CACHE
 
@@ -153,6 +154,9 @@ class BundleSpec:
     def title(self) -> str:
         return self.kernel_title or self.kernel_slug.replace("-", " ").capitalize()
 
+    def machine(self) -> accelerators.Accelerator:
+        return accelerators.resolve(self.accelerator)
+
 
 def dataset_metadata(spec: BundleSpec, runs: Sequence[RunInfo]) -> dict[str, Any]:
     lines = [f"- `{r.name}`: {r.model}, {len(r.folds)} fold(s)" for r in runs]
@@ -164,13 +168,28 @@ def dataset_metadata(spec: BundleSpec, runs: Sequence[RunInfo]) -> dict[str, Any
                            + "\n".join(lines) + "\n"}
 
 
-def kernel_metadata(spec: BundleSpec, code_file: str = "kernel.ipynb") -> dict[str, Any]:
+def kernel_metadata(spec: BundleSpec, code_file: str = "kernel.ipynb",
+                    dataset_sources: Sequence[str] | None = None) -> dict[str, Any]:
+    """``kernel-metadata.json`` of either bundle: one writer, so both ask Kaggle for the same things (internet
+    off, the accelerator ``spec`` names: ``machine_shape`` with ``enable_gpu``/``enable_tpu`` to match)."""
     return {"id": spec.kernel_id, "title": spec.title(), "code_file": code_file, "language": "python",
-            "kernel_type": "notebook", "is_private": True, "enable_gpu": True, "enable_tpu": False,
-            "enable_internet": False, "dataset_sources": [spec.dataset_id],
+            "kernel_type": "notebook", "is_private": True, **accelerators.metadata_fields(spec.machine()),
+            "enable_internet": False, "dataset_sources": list(dataset_sources or [spec.dataset_id]),
             "competition_sources": [spec.competition],
             "kernel_sources": [spec.kernel_source] if spec.kernel_source else [],
             "model_sources": []}
+
+
+def write_kernel_metadata(kernel: Path, spec: BundleSpec, code_file: str,
+                          dataset_sources: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write ``kernel/kernel-metadata.json`` (after the notebook: its ``code_file`` must be there), checked by
+    kaggle-api's push rules; returns it."""
+    meta = kernel_metadata(spec, code_file, dataset_sources)
+    problems = validate_kernel_metadata(meta, kernel)
+    if problems:
+        raise BundleError(f"kernel metadata invalid: {problems}")
+    io.write_json(kernel / "kernel-metadata.json", meta)
+    return meta
 
 
 def validate_dataset_metadata(meta: dict[str, Any], folder: str | os.PathLike | None = None) -> list[str]:
@@ -246,52 +265,6 @@ def validate_kernel_metadata(meta: dict[str, Any], folder: str | os.PathLike | N
     return problems
 
 
-def _set_assignments(source: str, values: dict[str, Any], where: str) -> str:
-    """Replace ``name = ...`` lines of a cell (each must be there exactly once)."""
-    for name, value in values.items():
-        pattern = re.compile(rf"^{re.escape(name)}\s*=.*$", re.MULTILINE)
-        if len(pattern.findall(source)) != 1:
-            raise BundleError(f"{NOTEBOOK.name}: the {where} cell needs exactly one `{name} = ...` line")
-        source = pattern.sub(lambda _m, n=name, v=value: f"{n} = {json.dumps(v) if isinstance(v, str | list) else repr(v)}", source)
-    return source
-
-
-def render_notebook(install: dict[str, Any], params: dict[str, Any], source: Path = NOTEBOOK) -> str:
-    """The kernel notebook (from the jupytext source) with this bundle's install line and parameters.
-
-    The first code cell is the parameters cell (papermill injects its values right after it), the second the
-    install cell: it removes a stale ``submission.csv`` from ``out_dir`` before anything can fail, then
-    installs from the dataset before anything imports kaggle_utils. Fixed cell ids and metadata, no outputs:
-    the same bundle always gives the same bytes.
-    """
-    import jupytext
-
-    nb = jupytext.read(source)
-    cells, code = [], 0
-    for i, cell in enumerate(nb.cells):
-        text = cell.source
-        tags = list(cell.metadata.get("tags", []))
-        if cell.cell_type == "code":
-            if code == 0 and "parameters" not in tags:
-                raise BundleError(f"{source}: the first code cell must be the one tagged 'parameters'")
-            if code == 1:
-                text = _set_assignments(text, install, "install")
-            code += 1
-        if "parameters" in tags:
-            text = _set_assignments(text, params, "parameters")
-        out: dict[str, Any] = {"cell_type": cell.cell_type, "id": f"cell-{i:02d}",
-                               "metadata": {"tags": tags} if tags else {}, "source": text}
-        if cell.cell_type == "code":
-            out.update(execution_count=None, outputs=[])
-        cells.append(out)
-    if code < 2:
-        raise BundleError(f"{source}: needs a cell tagged 'parameters', then the offline install cell")
-    doc = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-           "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                        "language_info": {"name": "python"}}}
-    return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-
-
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -334,6 +307,17 @@ def clear_out(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def check_accelerator(spec: BundleSpec) -> accelerators.Accelerator:
+    """The accelerator the kernel asks for; a retired one warns (as Kaggle's client does at push) but stays
+    asked for: the metadata says what was chosen, Kaggle decides what it runs on."""
+    try:
+        acc = spec.machine()
+    except ValueError as err:  # a config's `accelerator:` or --accelerator
+        raise BundleError(str(err)) from err
+    accelerators.warn_if_retired(acc)
+    return acc
 
 
 def check_names(spec: BundleSpec) -> None:
@@ -397,6 +381,7 @@ def _check_runs_outside(runs: Sequence[Path], out: Path) -> None:
 def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
     """Write the dataset and kernel folders; returns the build report (also written to ``out``)."""
     say = print if progress else (lambda *a, **k: None)
+    acc = check_accelerator(spec)
     check_names(spec)
     _check_runs_outside(spec.runs, Path(spec.out))
     runs = [inspect_run(r) for r in spec.runs]
@@ -427,14 +412,11 @@ def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
               "test_csv": f"/kaggle/input/{spec.competition}/test.csv",
               "test_images": f"/kaggle/input/{spec.competition}/test_images", "tta": spec.tta}
     io.write_text(kernel / "kernel.ipynb", render_notebook(install, params))
-    kmeta = kernel_metadata(spec)
-    io.write_json(kernel / "kernel-metadata.json", kmeta)
+    write_kernel_metadata(kernel, spec, "kernel.ipynb")
     dmeta = dataset_metadata(spec, runs)
     io.write_json(dataset / "dataset-metadata.json", dmeta)
-    for problems, what in ((validate_dataset_metadata(dmeta, dataset), "dataset"),
-                           (validate_kernel_metadata(kmeta, kernel), "kernel")):
-        if problems:
-            raise BundleError(f"{what} metadata invalid: {problems}")
+    if problems := validate_dataset_metadata(dmeta, dataset):
+        raise BundleError(f"dataset metadata invalid: {problems}")
 
     manifest = seal(dataset, kernel, {"dataset": spec.dataset_id, "kernel": spec.kernel_id,
                                       "competition": spec.competition})
@@ -448,6 +430,7 @@ def build(spec: BundleSpec, progress: bool = True) -> dict[str, Any]:
              "metadata": size("dataset-metadata.json", files) + (dataset / MANIFEST).stat().st_size}
     report = {
         "dataset": spec.dataset_id, "kernel": spec.kernel_id, "competition": spec.competition,
+        "accelerator": accelerators.describe(acc),
         "bundle_sha256": manifest["bundle_sha256"], "sizes": sizes, "wheels": bundled,
         "assumed_on_kaggle_image": plan["image"], "image_list": str(spec.image_list.name),
         "install": f"pip install --no-index --find-links /kaggle/input/{spec.dataset_slug}/wheels "
@@ -481,7 +464,7 @@ def format_sizes(report: dict[str, Any]) -> str:
                                                      for m in report["models"])
              + (f" -- not copied: read from kernel source {ks['kernel']} at {ks['models_dir']}"
                 if (ks := report.get("kernel_source")) else ""),
-             f"  kernel   {_mb(s['kernel'])}  kernel.ipynb + kernel-metadata.json",
+             f"  kernel   {_mb(s['kernel'])}  kernel.ipynb + kernel-metadata.json ({report['accelerator']})",
              f"  metadata {_mb(s['metadata'])}  dataset-metadata.json + manifest.json",
              f"  not bundled (assumed on the Kaggle image, {report['image_list']}): "
              + ", ".join(report["assumed_on_kaggle_image"])]

@@ -8,8 +8,9 @@ chain on Kaggle, offline, and leave runs the submission bundle takes as they are
     notebooks/         the chain's notebooks (an installed kaggle_utils has no repository beside it)
     weights/           the ImageNet files the config's models start from + their manifest (full sha256)
     manifest.json, dataset-metadata.json
-``DIR/kernel``   (``kaggle kernels push -p DIR/kernel``): train_kernel.ipynb + kernel-metadata.json (GPU on,
-                 internet off, the competition, this dataset and the ``--attach``/``--weights-dataset`` ones)
+``DIR/kernel``   (``kaggle kernels push -p DIR/kernel``): train_kernel.ipynb + kernel-metadata.json (the
+                 accelerator: ``--accelerator``, else the config's ``accelerator:``, else T4 x2; internet off;
+                 the competition, this dataset and the ``--attach``/``--weights-dataset`` ones)
 
 Same inputs, same bytes, as the submission bundle (the same wheel normalisation, copies and key-sorted JSON).
 """
@@ -23,18 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_utils import io
+from kaggle_utils.kernel import accelerators
 from kaggle_utils.kernel.bundle import (
     BundleSpec,
+    check_accelerator,
     check_names,
     clear_out,
     copy_file,
-    kernel_metadata,
     model_package,
-    render_notebook,
     resolve_wheels,
     seal,
     validate_dataset_metadata,
-    validate_kernel_metadata,
+    write_kernel_metadata,
     write_wheels,
 )
 from kaggle_utils.kernel.layout import (
@@ -52,6 +53,7 @@ from kaggle_utils.kernel.layout import (
     BundleError,
     slugify,
 )
+from kaggle_utils.kernel.notebook import render_notebook
 from kaggle_utils.kernel.pretrained import find_weights, write_weights
 from kaggle_utils.kernel.training import (
     SMOKE,
@@ -79,16 +81,20 @@ class TrainBundleSpec:
     license: str = BundleSpec.license
     attach: list[str] = field(default_factory=list)  # OWNER/SLUG datasets the config reads (external data)
     weights_datasets: list[str] = field(default_factory=list)  # OWNER/SLUG datasets holding weights not here
+    accelerator: str | None = None  # --accelerator; None: the config's `accelerator:`, else t4x2
     image_list: Path = IMAGE_LIST
     wheel_cache: Path = WHEEL_CACHE
 
-    def names(self, competition: str) -> BundleSpec:
-        """The Kaggle names as a :class:`BundleSpec` (so both bundles share its checks and metadata)."""
+    def names(self, competition: str, cfg: dict[str, Any] | None = None) -> BundleSpec:
+        """The Kaggle names and accelerator as a :class:`BundleSpec` (so both bundles share its checks and
+        metadata); the accelerator is ``--accelerator``, else the config's ``accelerator:``, else t4x2."""
         stem = slugify(Path(self.config).stem)
         slug = f"kaggle-utils-train-{stem}"[:50].strip("-")
         title = f"kaggle_utils training {Path(self.config).stem}"[:50]
+        accelerator = self.accelerator or (cfg or {}).get("accelerator") or accelerators.DEFAULT
         return BundleSpec([], Path(self.out), self.owner, self.dataset_slug or slug, self.dataset_title or title,
-                          self.kernel_slug or slug, self.kernel_title, competition, self.license)
+                          self.kernel_slug or slug, self.kernel_title, competition, self.license,
+                          accelerator=str(accelerator))
 
 
 def _check_refs(refs: list[str], flag: str) -> None:
@@ -133,7 +139,8 @@ def build_training(spec: TrainBundleSpec, progress: bool = True) -> dict[str, An
     """Write the training dataset and kernel; returns the build report (also written to ``out``)."""
     say = print if progress else (lambda *a, **k: None)
     cfg, competition = _read(spec)
-    names = spec.names(competition)
+    names = spec.names(competition, cfg)
+    acc = check_accelerator(names)
     check_names(names)
     _check_refs(spec.attach, "--attach")
     _check_refs(spec.weights_datasets, "--weights-dataset")
@@ -156,16 +163,14 @@ def build_training(spec: TrainBundleSpec, progress: bool = True) -> dict[str, An
 
     pip_names = ["kaggle_utils"] + sorted(n for n in plan["bundle"] if n != OWN)
     install = {"DATASET": names.dataset_slug, "PACKAGES": pip_names}
-    params = {"config": f"/kaggle/input/{names.dataset_slug}/config/{config_name}", "kernel_id": names.kernel_id}
+    params = {"config": f"/kaggle/input/{names.dataset_slug}/config/{config_name}", "kernel_id": names.kernel_id,
+              "require_gpu": acc.enable_gpu}  # a CPU kernel must not stop for want of a GPU it did not ask for
     io.write_text(kernel / CODE_FILE, render_notebook(install, params, TRAIN_NOTEBOOK))
-    kmeta = {**kernel_metadata(names, CODE_FILE), "dataset_sources": _sources(names, spec)}
-    io.write_json(kernel / "kernel-metadata.json", kmeta)
+    write_kernel_metadata(kernel, names, CODE_FILE, _sources(names, spec))
     dmeta = _dataset_metadata(names, config_name, cfg)
     io.write_json(dataset / "dataset-metadata.json", dmeta)
-    for problems, what in ((validate_dataset_metadata(dmeta, dataset), "dataset"),
-                           (validate_kernel_metadata(kmeta, kernel), "kernel")):
-        if problems:
-            raise BundleError(f"{what} metadata invalid: {problems}")
+    if problems := validate_dataset_metadata(dmeta, dataset):
+        raise BundleError(f"dataset metadata invalid: {problems}")
     manifest = seal(dataset, kernel, {"kind": "training", "dataset": names.dataset_id, "kernel": names.kernel_id,
                                       "competition": competition, "config": config_name})
     report = _report(spec, names, cfg, manifest, plan, wheels, weights, expected, unattached, pip_names)
@@ -196,7 +201,8 @@ def _report(spec: TrainBundleSpec, names: BundleSpec, cfg: dict[str, Any], manif
              "metadata": size("dataset-metadata.json") + (Path(spec.out) / "dataset" / MANIFEST).stat().st_size}
     return {
         "kind": "training", "config": str(spec.config), "dataset": names.dataset_id, "kernel": names.kernel_id,
-        "competition": names.competition, "bundle_sha256": manifest["bundle_sha256"], "sizes": sizes,
+        "competition": names.competition, "accelerator": accelerators.describe(names.machine()),
+        "bundle_sha256": manifest["bundle_sha256"], "sizes": sizes,
         "total_bytes": sum(sizes.values()), "files": {k: v["size"] for k, v in files.items()},
         "wheels": wheels, "assumed_on_kaggle_image": plan["image"], "image_list": spec.image_list.name,
         "install": f"pip install --no-index --find-links /kaggle/input/{names.dataset_slug}/wheels "
@@ -226,8 +232,8 @@ def format_training(report: dict[str, Any]) -> str:
              f"  weights   {_mb(s['weights'])}  {weights}",
              f"  config    {_mb(s['config'])}  " + Path(report["config"]).name,
              f"  notebooks {_mb(s['notebooks'])}  " + ", ".join(f"{n}.ipynb" for n in CHAIN_NOTEBOOKS),
-             f"  kernel    {_mb(s['kernel'])}  {CODE_FILE} + kernel-metadata.json (attaches "
-             + ", ".join(report["dataset_sources"]) + f" and the competition {report['competition']})"]
+             f"  kernel    {_mb(s['kernel'])}  {CODE_FILE} + kernel-metadata.json ({report['accelerator']}; "
+             "attaches " + ", ".join(report["dataset_sources"]) + f" and the competition {report['competition']})"]
     if report["unattached_inputs"]:
         lines.append("warning: the config reads /kaggle/input/" + ", /kaggle/input/".join(report["unattached_inputs"])
                      + ", which kernel-metadata.json does not attach: pass --attach OWNER/SLUG for each (or "

@@ -13,7 +13,7 @@ import yaml
 from kaggle_utils import io
 
 TOP_KEYS = {"workdir", "budget_hours", "reserve_s", "workers", "cell_timeout_s", "data", "preprocess", "folds",
-            "pretrain", "train", "models", "test", "infer", "blend", "pseudo"}
+            "pretrain", "train", "models", "test", "infer", "blend", "pseudo", "accelerator", "devices"}
 MODEL_KEYS = {"name", "sizes", "seeds", "folds", "preprocess", "pretrain", "train_sources"}
 PRETRAIN_KEYS = {"val_fraction", "sources", "init"}
 CHAIN_FIELDS = {"out_dir", "cache_dir", "table_csv", "folds_csv", "fold", "init_from", "deadline"}  # set by plan
@@ -45,6 +45,7 @@ def check_config(cfg: dict[str, Any], plan_only: bool = False) -> None:
         if key not in cfg:
             raise ValueError(f"missing top-level '{key}' section")
     _unknown("top-level", cfg, TOP_KEYS)
+    check_devices(cfg.get("devices", "auto"))
     if not cfg["models"]:
         raise ValueError("'models' lists no model to train")
     names = [m.get("name") for m in cfg["models"]]
@@ -84,6 +85,13 @@ def check_config(cfg: dict[str, Any], plan_only: bool = False) -> None:
             raise FileNotFoundError(f"test {what} {test[what]} does not exist")
     if not test.get("csv") and not any(s.holdout for s in specs):
         raise ValueError("no test set: give 'test: {csv, images}' or a 'holdout' on the competition source")
+
+
+def check_devices(value: Any) -> None:
+    """``devices``: ``auto`` (every CUDA GPU, else one slot) or how many steps run at once (run/slots.py)."""
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"devices: {value!r}; expected auto or a positive integer (steps run at once, one per "
+                         "GPU, or on the CPU one per share of the cores)")
 
 
 def _unknown(where: str, section: dict[str, Any], known: set[str]) -> None:
