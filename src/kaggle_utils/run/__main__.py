@@ -1,4 +1,5 @@
-"""Run the whole chain from one YAML config (``--plan``: print the steps and their times, run nothing).
+"""Run the whole chain from one YAML config (``--plan``: print the steps and their times, run nothing); with
+``devices:`` above one slot, training steps run side by side, one per GPU (or per share of the CPU cores).
 
     python -m kaggle_utils.run configs/demo.yaml [--workdir DIR] [--budget-hours H] [--plan [--measure]]
                                                  [--overwrite]
@@ -82,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         log = run_chain(args.config, args.workdir, budget, overwrite=args.overwrite)
     except Interrupted as err:
-        print(f"\n[run] interrupted during step {err.step!r}; rerun the same command to resume (finished steps "
+        during = f"step {err.step!r}" if len(err.steps) == 1 else "steps " + ", ".join(map(repr, err.steps))
+        print(f"\n[run] interrupted during {during}; rerun the same command to resume (finished steps "
               "are skipped, training resumes from its last checkpoint)", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # between steps

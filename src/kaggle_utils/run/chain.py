@@ -9,6 +9,11 @@ key covers its parameters *and* the state of the files it reads (label/test CSVs
 names, sizes and mtimes), so replacing a test image reruns infer and blend and nothing else; a step that runs
 makes every later step stale, and the final outputs of those steps (``submission.csv``, the report) are
 removed before it starts, so a failed or interrupted run never leaves an older submission looking current.
+With ``devices:`` above one slot (run/slots.py), training steps run side by side, each as soon as what it
+reads is done and a slot is free.
+
+Size: the plan, the runner and its slot scheduler share Step, the run log and the chain's errors; apart, they
+would import each other.
 
     python -m kaggle_utils.run configs/demo.yaml [--workdir DIR] [--budget-hours H]
 """
@@ -18,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,18 @@ from kaggle_utils.run.config import (
     pretrain_settings,
     source_list,
     source_weights,
+)
+from kaggle_utils.run.slots import (
+    Slot,
+    SlotStream,
+    describe_slots,
+    drain,
+    duration,
+    kernel_manager_class,
+    kill_kernel,
+    next_result,
+    quiet_logger,
+    resolve_slots,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -53,11 +72,12 @@ class StepFailed(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) during a step; ``step`` names it. A rerun resumes."""
+    """Ctrl-C (or SIGTERM) during a step; ``step`` names it (``steps``: every one running, with slots). A rerun
+    resumes."""
 
-    def __init__(self, step: str) -> None:
-        super().__init__(step)
-        self.step = step
+    def __init__(self, step: str, *others: str) -> None:
+        super().__init__(step, *others)
+        self.step, self.steps = step, [step, *others]
 
 
 @dataclass
@@ -181,11 +201,12 @@ def plan(cfg: dict[str, Any], workdir: Path, round_no: int = 0) -> list[Step]:
                 steps.append(Step(f"pretrain:{m['_base']}", "train", params, meta={"deadline": True}))
             pretrained[m["_base"]] = out
             init_from = str(out / f"{init}.pt")
+        meta = {"deadline": True, **({"after": f"pretrain:{m['_base']}"} if init_from else {})}
         for fold in folds:
             params = {**_train_params(spec, weights, {comp, *(train_sources or ())}), **data,
                       "out_dir": str(runs_dir / name / f"fold{fold}"), "fold": int(fold), "stage": "finetune",
                       "train_sources": train_sources, "init_from": init_from, "extra_csv": extra}
-            steps.append(Step(f"train:{name}:fold{fold}{tag}", "train", params, meta={"deadline": True}))
+            steps.append(Step(f"train:{name}:fold{fold}{tag}", "train", params, meta=dict(meta)))
     test = cfg.get("test") or {}
     run_dirs = [str(runs_dir / m["name"]) for m in models]
     preds = workdir / ("preds" if round_no == 0 else f"preds_round{round_no}")
@@ -215,11 +236,42 @@ def all_steps(cfg: dict[str, Any], workdir: Path) -> list[Step]:
     return steps
 
 
+def dependencies(steps: list[Step]) -> dict[str, list[str]]:
+    """What each step waits for (and is made stale by): a training step for every earlier step that is not
+    training (caches, the table, an earlier round's pseudo labels) and for its model's stage 1, so folds and
+    models train side by side; any other step for every step before it (inference reads every fold)."""
+    names = {s.name for s in steps}
+    out: dict[str, list[str]] = {}
+    for i, step in enumerate(steps):
+        if step.notebook != "train":
+            out[step.name] = [s.name for s in steps[:i]]
+            continue
+        stage1 = step.meta.get("after")
+        out[step.name] = [s.name for s in steps[:i] if s.notebook != "train"] + ([stage1] if stage1 in names else [])
+    return out
+
+
 # ------------------------------------------------------------------------------------------ running
 
 
+@dataclass
+class _Running:
+    """A step a slot's thread is executing; the scheduler's thread records its end."""
+
+    step: Step
+    slot: Slot
+    key: str
+    params: dict[str, Any]
+    out_nb: Path
+    limit: float  # its cell timeout, for the message when it runs out
+    started: float
+    thread: threading.Thread
+
+
 class Runner:
-    """Executes steps in order under one budget; finished steps (same parameters) are skipped on rerun."""
+    """Executes steps under one budget, in order or on several device slots at once; finished steps (same
+    key) are skipped on rerun. Only the thread that calls ``run``/``run_all`` prints the chain's lines and
+    writes ``run_log.json``; a slot's thread only executes its step."""
 
     def __init__(self, workdir: Path, budget_s: float, cell_timeout_s: float, reserve_s: float,
                  notebooks: Path = NOTEBOOKS, progress: bool = True, overwrite: bool = False) -> None:
@@ -230,37 +282,59 @@ class Runner:
         self.cell_timeout_s, self.reserve_s = cell_timeout_s, reserve_s
         self.log_path = workdir / LOG_FILE
         self.log: dict[str, Any] = io.read_json(self.log_path) if self.log_path.is_file() else {"steps": {}}
-        self.upstream_finished = 0.0  # when the latest step before the current one finished
+        self.finished: dict[str, float] = {}  # step -> when it finished (in this run, or in the one that ran it)
+        self._local = threading.local()  # .slot: the Slot a slot thread executes in (read by _execute)
+        self._kernels: dict[int, Any] = {}  # slot index -> the kernel manager of the notebook it runs
+        self._lock = threading.Lock()  # stdout lines and the kernel registry, shared by the slots' threads
+        self._stopping = False
 
     def remaining(self) -> float:
         return self.deadline - time.time()
 
-    def _record(self, step: Step, key: str, status: str, seconds: float, output: str, error: str = "") -> None:
+    def _say(self, msg: str) -> None:
+        with self._lock:
+            print(msg, flush=True)
+
+    def _record(self, step: Step, key: str, status: str, seconds: float, output: str, error: str = "",
+                **extra: Any) -> None:
         self.log["steps"][step.name] = {"key": key, "status": status, "seconds": round(seconds, 1),
-                                        "output": output, "error": error, "finished": time.time()}
+                                        "output": output, "error": error, "finished": time.time(), **extra}
         io.write_json(self.log_path, self.log)
 
-    def run_all(self, steps: list[Step]) -> None:
-        for i, step in enumerate(steps):
-            self.run(step, later=steps[i + 1:])
+    def run_all(self, steps: list[Step], slots: list[Slot] | None = None) -> None:
+        after = dependencies(steps)
+        if slots is None or len(slots) <= 1:
+            for i, step in enumerate(steps):
+                self.run(step, later=steps[i + 1:], after=after[step.name])
+        else:
+            self._run_slots(steps, after, slots)
 
-    def run(self, step: Step, later: list[Step] | None = None) -> None:
-        """Execute ``step`` unless it finished earlier with the same key (parameters and inputs) *after* every
-        step before it in this chain (a rerun upstream step, e.g. inference with another TTA, makes the rest
-        stale). Before it runs, the final outputs of it and of the ``later`` steps are removed."""
+    def _status(self, step: Step, after: list[str] | None) -> tuple[str, dict[str, Any], str]:
+        """(key, last record, verdict): ``skip`` when it finished earlier with the same key (parameters and
+        inputs) *after* every step it depends on (``after``; None: every step before it) finished; ``changed``
+        when its key changed since; else ``run``."""
         done = self.log["steps"].get(step.name, {})
         key = step.key(self.workdir)
-        fresh = done.get("finished", 0) >= self.upstream_finished
-        if done.get("status") == "ok" and done.get("key") == key and fresh:
-            print(f"[run] {step.name}: done earlier, skipped", flush=True)
-            self.upstream_finished = max(self.upstream_finished, done["finished"])
-            return
-        if done.get("status") == "ok" and done.get("key") != key and fresh:
-            print(f"[run] {step.name}: its parameters or input files changed, running it again", flush=True)
+        upstream = max((self.finished.get(n, 0.0) for n in (self.finished if after is None else after)), default=0.0)
+        fresh = done.get("finished", 0) >= upstream
+        if done.get("status") == "ok" and fresh:
+            return key, done, "skip" if done.get("key") == key else "changed"
+        return key, done, "run"
+
+    def _skip(self, step: Step, done: dict[str, Any]) -> None:
+        self._say(f"[run] {step.name}: done earlier, skipped")
+        self.finished[step.name] = done["finished"]
+
+    def _prepare(self, step: Step, done: dict[str, Any], verdict: str,
+                 later: list[Step]) -> tuple[dict[str, Any], Path, float]:
+        """Parameters, executed-notebook path and time left for a step about to run; the final outputs of it
+        and of the ``later`` steps are removed first."""
+        if verdict == "changed":
+            self._say(f"[run] {step.name}: its parameters or input files changed, running it again")
         left = self.remaining()
         if left <= 0:
             raise BudgetExceeded(f"the budget ran out before step {step.name!r}")
-        discard_outputs([step, *(later or [])])
+        discard_outputs([step, *later])
         params = dict(step.params)
         if step.meta.get("deadline"):  # training stops in time for inference and blending
             params["deadline"] = self.deadline - self.reserve_s
@@ -268,25 +342,167 @@ class Runner:
                 params["overwrite"] = True
         out_nb = self.workdir / "notebooks" / f"{step.name.replace(':', '_')}.ipynb"
         out_nb.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[run] {step.name} ({left / 60:.1f} min of budget left) -> {out_nb}", flush=True)
+        return params, out_nb, left
+
+    def run(self, step: Step, later: list[Step] | None = None, after: list[str] | None = None) -> None:
+        """Execute ``step`` unless it finished earlier with the same key after every step it depends on (a
+        rerun upstream step, e.g. inference with another TTA, makes the rest stale). Before it runs, the final
+        outputs of it and of the ``later`` steps are removed."""
+        key, done, verdict = self._status(step, after)
+        if verdict == "skip":
+            self._skip(step, done)
+            return
+        params, out_nb, left = self._prepare(step, done, verdict, later or [])
+        self._say(f"[run] {step.name} ({left / 60:.1f} min of budget left) -> {out_nb}")
+        limit = min(self.cell_timeout_s, left)
         t0 = time.time()
         try:
-            self._execute(step, params, out_nb, timeout=max(1, int(min(self.cell_timeout_s, left))))
-        except KeyboardInterrupt as err:
-            self._record(step, key, "interrupted", time.time() - t0, str(out_nb))
+            self._execute(step, params, out_nb, timeout=max(1, int(limit)))
+        except (KeyboardInterrupt, Exception) as err:
+            self._settle(step, key, params, out_nb, limit, time.time() - t0, err)  # raises the chain's error
+        else:
+            self._settle(step, key, params, out_nb, limit, time.time() - t0, None)
+
+    def _settle(self, step: Step, key: str, params: dict[str, Any], out_nb: Path, limit: float, seconds: float,
+                err: BaseException | None, **extra: Any) -> None:
+        """Record how a step ended; an error becomes the chain's (Interrupted, BudgetExceeded, StepFailed)."""
+        if err is None:
+            self._record(step, key, "ok", seconds, str(out_nb) if step.kind == "notebook" else params["out_csv"],
+                         **extra)
+            self.finished[step.name] = self.log["steps"][step.name]["finished"]
+            return
+        if isinstance(err, KeyboardInterrupt):
+            self._record(step, key, "interrupted", seconds, str(out_nb), **extra)
             raise Interrupted(step.name) from err
-        except Exception as err:
-            timed_out = "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower()
-            self._record(step, key, "timeout" if timed_out else "failed", time.time() - t0, str(out_nb),
-                         str(err)[-2000:])
-            if timed_out:
-                raise BudgetExceeded(f"step {step.name!r} ran out of time (cell timeout "
-                                     f"{min(self.cell_timeout_s, left):.0f} s); see {out_nb}") from err
-            where = f"the executed notebook is {out_nb}" if step.kind == "notebook" else "see the traceback above"
-            raise StepFailed(f"step {step.name!r} failed: {error_tail(err)}\n  {where}") from err
-        self._record(step, key, "ok", time.time() - t0,
-                     str(out_nb) if step.kind == "notebook" else params["out_csv"])
-        self.upstream_finished = time.time()
+        timed_out = "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower()
+        self._record(step, key, "timeout" if timed_out else "failed", seconds, str(out_nb), str(err)[-2000:],
+                     **extra)
+        if timed_out:
+            raise BudgetExceeded(f"step {step.name!r} ran out of time (cell timeout {limit:.0f} s); see "
+                                 f"{out_nb}") from err
+        where = f"the executed notebook is {out_nb}" if step.kind == "notebook" else "see the traceback above"
+        raise StepFailed(f"step {step.name!r} failed: {error_tail(err)}\n  {where}") from err
+
+    # ---- several slots
+    def _run_slots(self, steps: list[Step], after: dict[str, list[str]], slots: list[Slot]) -> None:
+        """List scheduling: whenever a slot is free, the first waiting step (plan order) whose dependencies
+        finished starts on the lowest free slot. A failed step stops new starts; the running ones finish
+        (their work counts on rerun) before its error is raised. Ctrl-C kills every slot's kernel."""
+        waiting, free = list(steps), list(slots)
+        running: dict[int, _Running] = {}
+        results: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
+        failure: Exception | None = None
+        try:
+            while True:
+                if failure is None:
+                    try:
+                        self._dispatch(steps, waiting, after, free, running, results)
+                    except BudgetExceeded as err:
+                        failure = err
+                if not running:
+                    break
+                index, err = next_result(results)
+                run = running.pop(index)
+                free = sorted([*free, run.slot], key=lambda s: s.index)
+                try:
+                    self._settle(run.step, run.key, run.params, run.out_nb, run.limit, time.time() - run.started,
+                                 err, slot=run.slot.index, started=run.started)
+                except (BudgetExceeded, StepFailed) as exc:
+                    failure = failure or exc
+                    if running:
+                        self._say(f"[run] [{run.slot.label()}] {run.step.name} failed; waiting for "
+                                  f"{', '.join(r.step.name for r in running.values())} to finish (Ctrl-C stops "
+                                  "them; a rerun resumes)")
+                    continue
+                self._say(f"[run] [{run.slot.label(run.step.notebook == 'train')}] {run.step.name} finished in "
+                          f"{duration(time.time() - run.started)}")
+        except KeyboardInterrupt as err:
+            self._interrupt(steps, running, results, err)
+        if failure is not None:
+            raise failure
+        if waiting:  # every dependency is an earlier step, so this cannot happen; never end silently short
+            raise RuntimeError(f"steps never became ready: {[s.name for s in waiting]}")
+
+    def _dispatch(self, steps: list[Step], waiting: list[Step], after: dict[str, list[str]], free: list[Slot],
+                  running: dict[int, _Running], results: queue.Queue) -> None:
+        """Skip or start every waiting step whose dependencies finished, in plan order, while slots are free (a
+        skipped step may make later ones ready, hence the loop)."""
+        progress = True
+        while progress:
+            progress = False
+            for step in list(waiting):
+                if not all(name in self.finished for name in after[step.name]):
+                    continue
+                key, done, verdict = self._status(step, after[step.name])
+                if verdict == "skip":
+                    self._skip(step, done)
+                elif free:
+                    self._launch(step, key, done, verdict, free[0], steps[steps.index(step) + 1:], running, results)
+                    free.pop(0)
+                else:
+                    continue
+                waiting.remove(step)
+                progress = True
+
+    def _launch(self, step: Step, key: str, done: dict[str, Any], verdict: str, slot: Slot, later: list[Step],
+                running: dict[int, _Running], results: queue.Queue) -> None:
+        """Start ``step`` in ``slot``'s thread; it is in ``running`` before anything else, so that a Ctrl-C at
+        any point names it."""
+        params, out_nb, left = self._prepare(step, done, verdict, later)
+        training = step.notebook == "train"
+        if training:  # the slot's device and thread share, unless the config chose them
+            params.update({k: v for k, v in slot.overrides().items() if params.get(k) in (None, "auto")})
+        limit = min(self.cell_timeout_s, left)
+        thread = threading.Thread(target=self._work, args=(slot, step, params, out_nb, max(1, int(limit)), results),
+                                  name=f"slot{slot.index}", daemon=True)
+        running[slot.index] = _Running(step, slot, key, params, out_nb, limit, time.time(), thread)
+        self._say(f"[run] [{slot.label(training)}] {step.name} ({left / 60:.1f} min of budget left) -> {out_nb}")
+        thread.start()
+
+    def _work(self, slot: Slot, step: Step, params: dict[str, Any], out_nb: Path, timeout: int,
+              results: queue.Queue) -> None:
+        """A slot's thread: execute, and hand the outcome (never a traceback) to the scheduler's thread."""
+        self._local.slot = slot
+        try:
+            self._execute(step, params, out_nb, timeout=timeout)
+        except BaseException as err:  # noqa: BLE001 - the scheduler records and raises it
+            results.put((slot.index, err))
+        else:
+            results.put((slot.index, None))
+
+    def _interrupt(self, steps: list[Step], running: dict[int, _Running], results: queue.Queue,
+                   err: KeyboardInterrupt) -> None:
+        """Ctrl-C (or a step's KeyboardInterrupt) with slots: kill every running kernel, wait for the slots'
+        threads, record their steps as interrupted and raise one Interrupted naming them all."""
+        self._stopping = True
+        with quiet_logger("papermill"):  # "Kernel died while waiting for execute reply" from the killed kernels
+            with self._lock:
+                kernels = list(self._kernels.values())
+            for km in kernels:
+                kill_kernel(km)
+            for run in running.values():
+                if run.thread.ident is not None:  # started
+                    run.thread.join(timeout=30)
+        ended = dict(drain(results))
+        names = set(getattr(err, "steps", []))
+        for run in running.values():
+            seconds, where = time.time() - run.started, {"slot": run.slot.index, "started": run.started}
+            if run.slot.index in ended and ended[run.slot.index] is None:  # it finished as Ctrl-C came: keep it
+                self._settle(run.step, run.key, run.params, run.out_nb, run.limit, seconds, None, **where)
+                continue
+            self._record(run.step, run.key, "interrupted", seconds, str(run.out_nb), **where)
+            names.add(run.step.name)
+        if not names:
+            raise err
+        ordered = [s.name for s in steps if s.name in names]
+        raise Interrupted(*ordered) from err
+
+    def _kernel_started(self, slot: Slot, km: Any) -> None:
+        with self._lock:
+            self._kernels[slot.index] = km
+            stopping = self._stopping
+        if stopping:  # started while Ctrl-C was killing the others
+            kill_kernel(km)
 
     def _execute(self, step: Step, params: dict[str, Any], out_nb: Path, timeout: int) -> None:
         if step.kind == "pseudo":
@@ -298,14 +514,29 @@ class Runner:
 
         notebook = self.notebooks / f"{step.notebook}.ipynb"
         params = pack_parameters(notebook, params)
+        slot: Slot | None = getattr(self._local, "slot", None)
+        extra: dict[str, Any] = {}
+        streams: list[SlotStream] = []
+        if slot is not None:  # its own environment, a kernel Ctrl-C can kill, its lines on our stdout
+            env = slot.env() if step.notebook == "train" else {}
+            streams = [SlotStream(f"[slot {slot.index}] ", self._say) for _ in range(2)]  # a bar's partial line
+            extra = {"kernel_manager_class": kernel_manager_class(env, lambda km: self._kernel_started(slot, km)),
+                     "stdout_file": streams[0], "stderr_file": streams[1]}  # on stderr never joins a print's
         # the kernel's own log stays quiet below ERROR: ipykernel 7 warns about TCP on every start (the kernel
         # listens on localhost), four lines per step that drown the chain's output. The kernel is killed, not
         # asked to shut down: after Ctrl-C a graceful shutdown closes its sockets while the interrupted cell
         # still runs, and ipykernel prints a ZMQError traceback under the chain's one-line message.
-        pm.execute_notebook(str(notebook), str(out_nb), parameters=params,
-                            cwd=str(REPO_ROOT), execution_timeout=timeout, progress_bar=False,
-                            kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            shutdown_kernel="immediate")
+        try:
+            pm.execute_notebook(str(notebook), str(out_nb), parameters=params,
+                                cwd=str(REPO_ROOT), execution_timeout=timeout, progress_bar=False,
+                                kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                                shutdown_kernel="immediate", **extra)
+        finally:
+            for stream in streams:
+                stream.close()
+            if slot is not None:
+                with self._lock:
+                    self._kernels.pop(slot.index, None)
 
 
 def discard_outputs(steps: list[Step]) -> None:
@@ -360,7 +591,10 @@ def run_chain(config: str | os.PathLike | dict[str, Any], workdir: str | os.Path
     runner = Runner(work, budget, float(cfg.get("cell_timeout_s", budget)), float(cfg.get("reserve_s", 0)),
                     notebooks, overwrite=overwrite)
     rounds = int((cfg.get("pseudo") or {}).get("rounds", 0))
-    runner.run_all(all_steps(cfg, work))
+    slots = resolve_slots(cfg.get("devices", "auto"))
+    if len(slots) > 1:
+        print(f"[run] {describe_slots(slots)}", flush=True)
+    runner.run_all(all_steps(cfg, work), slots)
     final = work / ("blend" if rounds == 0 else f"blend_round{rounds}")
     preds = work / ("preds" if rounds == 0 else f"preds_round{rounds}")
     runner.log["outputs"] = {"submission": str(final / "submission.csv"), "report": str(final / "report.html"),

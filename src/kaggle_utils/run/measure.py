@@ -13,6 +13,9 @@ machine only ever slows a step down, and the median ignores a bad one. A step's 
 times the plan's counts, plus the measured start of a notebook (kernel + imports).
 
 Runs on CUDA when there is one, else the CPU; nothing is written outside a temporary folder.
+
+Size: also holds :func:`ddp_rank_epoch`, the rank function ``bench/gpu_check.py`` spawns for DDP over two GPUs
+(spawned processes must import it from the package, and it builds its Trainer the way the measurement does).
 """
 
 from __future__ import annotations

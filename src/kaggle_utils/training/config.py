@@ -75,7 +75,8 @@ class TrainConfig:
     average_last: int | None = None  # average the weights of the last K epochs into best.pt (2nd place)
     # runtime
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto: cuda (cuda:LOCAL_RANK under torchrun) when available; the chain's slots: cuda:k
+    threads: int | None = None  # torch CPU threads (torch.set_num_threads); the chain's CPU slots split the cores
     amp: bool | str = "auto"  # auto: fp16 on CUDA, off on the CPU (true there: bf16; training/precision.py)
     amp_dtype: str = "float16"
     channels_last: bool | str = "auto"  # auto: on CUDA and on the CPU
@@ -93,7 +94,7 @@ class TrainConfig:
     # Settings that may differ when resuming: they do not change the numbers a run produces.
     RUNTIME_FIELDS = frozenset(
         {"out_dir", "num_workers", "deadline", "checkpoint_every_steps", "checkpoint_every_minutes", "log_every",
-         "progress", "overwrite", "in_memory", "val_batch_size", "notes", "device"}
+         "progress", "overwrite", "in_memory", "val_batch_size", "notes", "device", "threads"}
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +158,8 @@ class TrainConfig:
                              f"epochs ({self.epochs}), so that the last epochs train at size ({self.size})")
         if self.average_last is not None and not 1 <= self.average_last <= self.epochs:
             raise ValueError(f"TrainConfig.average_last must be in 1..epochs ({self.epochs}), got {self.average_last}")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise ValueError(f"TrainConfig.threads must be a positive integer or None, got {self.threads!r}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         return self

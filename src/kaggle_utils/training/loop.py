@@ -16,6 +16,11 @@ run saves a resumable last.pt (best.pt/oof.csv are already on disk from the best
 status "deadline". On CUDA the defaults turn on AMP (fp16 + GradScaler), channels_last and cudnn.benchmark
 (``deterministic="auto"``), so a resumed GPU run is close to, not bit-identical with, an uninterrupted one. On
 the CPU they turn on channels_last; ``amp: true`` there means bf16 autocast (training/precision.py).
+Its first line names the device (the GPU and its memory, or the CPU threads) and every epoch's line its time:
+a chain's slots print both, so each slot's epoch times can be read off the log.
+
+Size: the loop with its resume points, deadline votes and DDP reductions reads as one piece; what it writes
+is artifacts.py's.
 """
 
 from __future__ import annotations
@@ -102,8 +107,15 @@ class Trainer(FoldArtifacts):
         self.dist = dist_info or DistInfo()
         self.on_step = on_step
         self.out = Path(cfg.out_dir)
+        if cfg.threads:  # a chain slot's share of the cores: two folds at once must not each take them all
+            torch.set_num_threads(int(cfg.threads))
         self.device = self._pick_device()
         cuda = self.device.type == "cuda"
+        if cuda:  # stray default-device work (cudnn handles, caching allocator) goes to this slot's GPU
+            torch.cuda.set_device(self.device)
+        if self.dist.is_main:
+            _say(f"device: {precision.describe_device(self.device)}"
+                 + (f" x {self.dist.world_size} processes (DDP)" if self.dist.enabled else ""))
         prec = precision.resolve(self.device, cfg.amp, cfg.channels_last, cfg.amp_dtype)
         self.amp, self.amp_dtype, self.channels_last = prec.amp, prec.dtype, prec.channels_last
         keep_freed_memory()  # activations reuse the heap instead of page-faulting in afresh (allocator.py)
@@ -149,6 +161,10 @@ class Trainer(FoldArtifacts):
     def _pick_device(self) -> torch.device:
         if self.cfg.device != "auto":
             device = torch.device(self.cfg.device)
+            if self.dist.enabled and device.type == "cuda" and device.index is not None:
+                raise ValueError(f"device {self.cfg.device!r} names one GPU, but torchrun started "
+                                 f"{self.dist.world_size} processes that each take cuda:LOCAL_RANK: use device "
+                                 "'auto' or 'cuda' under torchrun (a chain slot's cuda:k and DDP do not mix)")
             return torch.device("cuda", self.dist.local_rank) if device.type == "cuda" and device.index is None \
                 else device
         if torch.cuda.is_available():

@@ -62,3 +62,13 @@ def resolve(device: torch.device, amp: bool | str = "auto", channels_last: bool 
     layout = auto.channels_last if channels_last == "auto" else bool(channels_last)
     dtype = amp_dtype if device.type == "cuda" else "bfloat16"
     return Precision(use_amp, dtype, layout, auto.why)
+
+
+def describe_device(device: torch.device) -> str:
+    """What the log says a run trains on: the GPU's name and memory (per-slot epoch times are only comparable
+    knowing the card), or the CPU threads it uses."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{device} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+    threads = torch.get_num_threads()
+    return f"{device} ({threads} thread{'s' if threads > 1 else ''})"
