@@ -25,10 +25,21 @@ def test_cpu_auto_is_fp32_channels_last_and_amp_true_means_bf16():
     assert not off.channels_last
 
 
-def test_cuda_auto_is_fp16_channels_last():
+@pytest.mark.parametrize(("capability", "dtype"), [((7, 5), torch.float16), ((6, 0), torch.float16),
+                                                    ((8, 9), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_cuda_auto_is_fp16_on_a_t4_and_bf16_where_the_gpu_has_it(monkeypatch, capability, dtype):
+    """T4 (7.5) and P100 (6.0): fp16 autocast (the Trainer adds a GradScaler); L4 (8.9), H100 (9.0): bf16."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     gpu = precision.resolve(torch.device("cuda"))
-    assert gpu.amp and gpu.dtype == torch.float16 and gpu.channels_last
+    assert gpu.amp and gpu.dtype == dtype and gpu.channels_last
+    assert ("GradScaler" in gpu.why) == (dtype == torch.float16)
     assert precision.resolve(torch.device("cuda"), amp_dtype="bfloat16").dtype == torch.bfloat16
+    assert precision.resolve(torch.device("cuda"), amp_dtype="float16").dtype == torch.float16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+def test_without_cuda_auto_falls_back_to_fp16():
+    assert precision.cuda_has_native_bf16(torch.device("cuda")) is False  # no GPU on the machines that test
 
 
 @pytest.mark.parametrize(("amp", "layout", "expected"), [

@@ -78,7 +78,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda (cuda:LOCAL_RANK under torchrun) when available; the chain's slots: cuda:k
     threads: int | None = None  # torch CPU threads (torch.set_num_threads); the chain's CPU slots split the cores
     amp: bool | str = "auto"  # auto: fp16 on CUDA, off on the CPU (true there: bf16; training/precision.py)
-    amp_dtype: str = "float16"
+    amp_dtype: str = "auto"  # auto: fp16 (+ GradScaler) on a T4, bf16 on GPUs with native bf16 (precision.py)
     channels_last: bool | str = "auto"  # auto: on CUDA and on the CPU
     deterministic: bool | str = "auto"  # auto: on CPU (bit-exact resume); CUDA gets cudnn.benchmark speed
     init_from: str | None = None
@@ -141,7 +141,7 @@ class TrainConfig:
             "schedule": ("cosine", "plateau", "constant"),
             "monitor": ("val_loss", "val_qwk"),
             "sampler_mode": ("image", "grade", "source_grade"),
-            "amp_dtype": ("float16", "bfloat16"),
+            "amp_dtype": ("auto", "float16", "bfloat16"),
         }
         for name in ("amp", "channels_last", "deterministic"):
             if getattr(self, name) not in (True, False, "auto"):
