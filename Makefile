@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) bench/train_speed.py
 	$(PY) bench/infer.py
 	$(PY) bench/allocator.py
+	$(PY) bench/slots.py
 
 clean:
 	rm -rf outputs .pytest_cache
