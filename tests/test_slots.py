@@ -208,8 +208,9 @@ def test_trainer_says_its_device_and_takes_its_threads(shared_data, tmp_path, ca
     table = resized_table(shared_data, tmp_path / "img", n=8, size=64, n_folds=2)
     before = torch.get_num_threads()
     try:
-        Trainer(TrainConfig(out_dir=str(tmp_path / "run"), model=TINY_MODEL, pretrained=False, size=64,
-                            num_workers=0, progress=False, threads=1, device="cpu"), table)
+        Trainer(TrainConfig(out_dir=str(tmp_path / "run"), model=TINY_MODEL, pretrained=False, size=64, epochs=1,
+                            max_steps_per_epoch=1, num_workers=0, progress=False, threads=1, device="cpu"),
+                table).fit()
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

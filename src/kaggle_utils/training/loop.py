@@ -113,9 +113,6 @@ class Trainer(FoldArtifacts):
         cuda = self.device.type == "cuda"
         if cuda:  # stray default-device work (cudnn handles, caching allocator) goes to this slot's GPU
             torch.cuda.set_device(self.device)
-        if self.dist.is_main:
-            _say(f"device: {precision.describe_device(self.device)}"
-                 + (f" x {self.dist.world_size} processes (DDP)" if self.dist.enabled else ""))
         prec = precision.resolve(self.device, cfg.amp, cfg.channels_last, cfg.amp_dtype)
         self.amp, self.amp_dtype, self.channels_last = prec.amp, prec.dtype, prec.channels_last
         keep_freed_memory()  # activations reuse the heap instead of page-faulting in afresh (allocator.py)
@@ -258,6 +255,9 @@ class Trainer(FoldArtifacts):
             self.init_report = init_weights_from(self.net, self.cfg.init_from, self.cfg)
         if self.status in ("completed", "early_stopped"):
             return self.result(resumed)
+        if self.dist.is_main:  # once the config and data are known good: errors stay one line
+            _say(f"device: {precision.describe_device(self.device)}"
+                 + (f" x {self.dist.world_size} processes (DDP)" if self.dist.enabled else ""))
         self.status = "running"
         while self.epoch < self.cfg.epochs:
             if not self.train_epoch():
