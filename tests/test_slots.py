@@ -318,9 +318,12 @@ def test_two_cpu_slots_match_one_slot_through_ctrl_c_and_kill_9(one_slot, capsys
     assert _gone(kernels), "a slot's kernel outlived kill -9 of the chain"
 
     assert run_main([str(cfg)]) == 1  # the rerun finishes the chain (exit 1: the planted bad row and image)
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "[run] preprocess:cache0: done earlier, skipped" in out
-    assert "[slot 0] epoch 2/2" in out and "[slot 1] epoch 2/2" in out  # both kernels' epoch lines, prefixed
+    # both kernels' output, prefixed by slot (which epochs are left depends on when kill -9 came: a fold that
+    # had finished its last epoch only reloads and reports)
+    assert "\n[slot 0] " in out and "\n[slot 1] " in out
     log = chain.io.read_json(work / chain.LOG_FILE)["steps"]
     folds = [log[f"train:lite0:fold{k}"] for k in (0, 1)]
     assert {f["slot"] for f in folds} == {0, 1}
@@ -330,6 +333,7 @@ def test_two_cpu_slots_match_one_slot_through_ctrl_c_and_kill_9(one_slot, capsys
         ref = pd.read_csv(one_slot / "runs" / "lite0" / f"fold{k}" / "metrics.csv")
         cols = ["epoch", "train_loss", "val_loss", "val_qwk", "lr"]
         assert len(mine) == 2 and (mine[cols] - ref[cols]).abs().to_numpy().max() <= 1e-4, (mine, ref)
+    assert (work / "blend" / "submission.csv").is_file(), out + captured.err
     assert (work / "blend" / "submission.csv").read_bytes() == (one_slot / "blend" / "submission.csv").read_bytes()
 
     before = chain.io.read_json(work / chain.LOG_FILE)["steps"]

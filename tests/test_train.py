@@ -383,3 +383,16 @@ def test_trainer_keeps_freed_memory(tiny_table, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(1))
     loop.Trainer(TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 1}), tiny_table)
     assert calls
+
+
+def test_a_finished_run_killed_before_its_tables_writes_them_on_rerun(tiny_table, tmp_path):
+    """kill -9 between the final checkpoint and metrics.csv / curves.png: the rerun finds the run complete and
+    writes the tables from the checkpoint's history instead of leaving the train notebook a missing plot."""
+    cfg = TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 1})
+    loop.train_fold(cfg, tiny_table)
+    metrics = (tmp_path / "metrics.csv").read_text()
+    (tmp_path / "metrics.csv").unlink()
+    (tmp_path / "curves.png").unlink()
+    result = loop.train_fold(cfg, tiny_table)
+    assert result["status"] == "completed" and result["resumed"]
+    assert (tmp_path / "metrics.csv").read_text() == metrics and (tmp_path / "curves.png").stat().st_size > 0

@@ -254,6 +254,10 @@ class Trainer(FoldArtifacts):
         elif self.cfg.init_from:  # a resumed run has its own weights; the init file may be gone by now
             self.init_report = init_weights_from(self.net, self.cfg.init_from, self.cfg)
         if self.status in ("completed", "early_stopped"):
+            # killed between the final checkpoint and its tables: write them from the checkpoint's history
+            if self.dist.is_main and not all((self.out / f).is_file() for f in ("metrics.csv", "curves.png")):
+                self._tables_at = -1
+                self._write_tables()
             return self.result(resumed)
         if self.dist.is_main:  # once the config and data are known good: errors stay one line
             _say(f"device: {precision.describe_device(self.device)}"
