@@ -69,21 +69,21 @@ def critical_path(rows: list[dict[str, Any]], slots: int, key: str = "kaggle_s")
     clock, segment = 0.0, []  # segment: consecutive training rows between two other steps
 
     def run_segment(start: float, todo: list[dict[str, Any]]) -> float:
+        params = [r["work"]["params"] for r in todo]
+        stage1 = {str(Path(p["out_dir"])) for p in params if p.get("stage") == "pretrain"}
+        # the stage 1 each step waits for, when that stage 1 is in this segment
+        waits = {id(r): str(Path(p["init_from"]).parent) for r, p in zip(todo, params, strict=True)
+                 if p.get("init_from") and str(Path(p["init_from"]).parent) in stage1}
         free = [start] * max(1, slots)
         finished: dict[str, float] = {}  # a stage 1's out_dir -> when it finished
         pending = list(todo)
+
+        def ready_at(row: dict[str, Any]) -> float:
+            return finished.get(waits[id(row)], float("inf")) if id(row) in waits else start
+
         while pending:
             k = min(range(len(free)), key=free.__getitem__)
             now = free[k]
-
-            def ready_at(row: dict[str, Any]) -> float:
-                init = row["work"]["params"].get("init_from")
-                parent = str(Path(init).parent) if init else ""
-                if not init or not any(str(Path(r["work"]["params"].get("out_dir", ""))) == parent
-                                       for r in todo if r["work"]["params"].get("stage") == "pretrain"):
-                    return start  # no stage 1 in this chain segment to wait for
-                return finished.get(parent, float("inf"))
-
             ready = [r for r in pending if ready_at(r) <= now]
             if not ready:  # idle until a stage 1 or another device finishes
                 later = [t for t in (*map(ready_at, pending), *free) if now < t < float("inf")]
