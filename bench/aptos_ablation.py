@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -99,25 +100,27 @@ def _views(workdir: Path, names: list[str], tag: str, table: pd.DataFrame, recip
            adapt_bn: float) -> pd.DataFrame:
     """Every model's prediction per fold and TTA view (``<model>:pred_fold<k>_view<v>``) on ``table`` (``id,
     path, grade``), through ``recipe_of(run)`` (a cache recipe, or None: the run's own); cached in
-    ``<workdir>/guards/<tag>/`` and redone when a checkpoint, the images or the adaptation change."""
+    ``<workdir>/guards/<tag>/`` and redone when a checkpoint, the images, the recipe or the adaptation change."""
     from kaggle_utils.data import cache
     from kaggle_utils.inference import predict
 
-    runs = {n: workdir / "runs" / n for n in names}
-    stamps = sorted(f"{p}:{p.stat().st_mtime_ns}" for r in runs.values() for p in predict.fold_checkpoints(r))
-    key = hashlib.sha256("\n".join([tag, str(adapt_bn), *table["path"].astype(str), *stamps]).encode()
-                         ).hexdigest()[:16]
+    runs = {n: predict.load_run(workdir / "runs" / n, name=n) for n in names}
+    recipes = {n: recipe_of(run) for n, run in runs.items()}
+    looks = {n: "own" if r is None else json.dumps(r.to_dict(), sort_keys=True) for n, r in recipes.items()}
+    stamps = sorted(f"{p}:{p.stat().st_mtime_ns}" for r in runs.values() for p in predict.fold_checkpoints(r.folder))
+    key = hashlib.sha256("\n".join([tag, str(adapt_bn), *table["path"].astype(str), *stamps, *looks.values()]
+                                   ).encode()).hexdigest()[:16]
     out = workdir / "guards" / tag / f"preds_{key}.csv"
     if out.is_file():
         return _read(out)
     tta = (yaml.safe_load((workdir / "config.yaml").read_text()).get("infer") or {}).get("tta", "none")
     parts = []
-    for name, run_dir in runs.items():
-        run = predict.load_run(run_dir, name=name)
-        recipe = recipe_of(run)
+    for name, run in runs.items():
+        recipe = recipes[name]
         test = table[["id", "path"]]
         if recipe is not None:
-            folder = workdir / "guards" / tag / f"cache{run.size}"
+            look = hashlib.sha256(looks[name].encode()).hexdigest()[:8]
+            folder = workdir / "guards" / tag / f"cache{run.size}_{look}"
             cache.build_cache(table, folder, recipe, progress=False)
             cached = cache.load_cache(folder)
             if len(cached) < len(table):
@@ -137,12 +140,15 @@ def _views(workdir: Path, names: list[str], tag: str, table: pd.DataFrame, recip
 
 
 def guard_predictions(workdir: Path, names: list[str], guard: Guard, adapt_bn: float = 0.0) -> pd.DataFrame:
-    """The models on ``guard``'s photographs, preprocessed like an external source (crop, Ben, stretch)."""
+    """The models on ``guard``'s photographs, preprocessed as ``infer`` treats a clinic's natural-colour
+    photographs (``preprocess.natural_recipe``: crop, stretch, Ben in the training copy's look)."""
+    import dataclasses
+
     from kaggle_utils.data import preprocess, sources
 
     table = sources.load_source(guard.reader, guard.csv, guard.images)
-    return _views(workdir, names, guard.name, table, lambda run: preprocess.PreprocessConfig(
-        size=run.size, crop=True, ben_graham=True, resize_mode="stretch"), adapt_bn)
+    return _views(workdir, names, guard.name, table, lambda run: preprocess.natural_recipe(
+        dataclasses.replace(run.preprocess, size=run.size)), adapt_bn)
 
 
 def holdout_predictions(workdir: Path, names: list[str], adapt_bn: float) -> pd.DataFrame:

@@ -118,3 +118,47 @@ def test_a_fold_subset_is_scored_as_its_own_ensemble(tmp_path, capsys):
     assert "| work | a, folds 0,1 | " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         ablation.main([str(work), "--guards", "none", "--folds", "x"])
+
+
+def test_guard_photographs_take_inferences_natural_recipe_and_a_new_look_is_redone(tmp_path, monkeypatch):
+    """A guard's photographs are preprocessed by preprocess.natural_recipe at the run's size (what `infer` gives
+    a clinic's photograph), and the cached predictions are keyed on that recipe: a changed look is predicted
+    again, an unchanged one is reused."""
+    import dataclasses
+
+    from kaggle_utils.data import cache, preprocess
+    from kaggle_utils.inference import predict
+
+    work = _workdir(tmp_path)
+    io.write_text(work / "config.yaml", "infer: {tta: none}\n")
+    ckpt = work / "runs" / "a" / "fold0" / "best.pt"
+    ckpt.write_bytes(b"x")
+    trained = preprocess.PreprocessConfig(size=224, crop=False, ben_graham=False, natural="ben")
+    run = predict.Run("a", ckpt.parent.parent, [], [0], trained, 192, (0.5,) * 3, (0.5,) * 3)
+    built, predicted = [], []
+    images = tmp_path / "images"
+    images.mkdir()
+    labels = pd.DataFrame({"image": ["1_left", "1_right"], "level": [0, 2]})
+    io.write_csv(tmp_path / "labels.csv", labels)
+    for name in labels["image"]:
+        (images / f"{name}.jpeg").write_bytes(b"x")
+    guard = ablation.Guard("g", "eyepacs", str(tmp_path / "labels.csv"), str(images))
+
+    def build(table, folder, recipe, progress):
+        built.append(recipe)
+        io.write_csv(Path(folder) / "manifest.csv", table.assign(cache_path=table["path"]))
+
+    monkeypatch.setattr(predict, "load_run", lambda path, name: run)
+    monkeypatch.setattr(cache, "build_cache", build)
+    monkeypatch.setattr(cache, "load_cache", lambda folder: io.read_csv(Path(folder) / "manifest.csv"))
+    monkeypatch.setattr(predict, "predict_runs", lambda runs, test, **kw: predicted.append(1) or {
+        "a": pd.DataFrame({"id": test["id"], "pred_fold0": [0.2, 2.4]})})
+    views = ablation.guard_predictions(work, ["a"], guard)
+    assert built == [preprocess.natural_recipe(dataclasses.replace(trained, size=192))]
+    assert built[0].ben_graham and built[0].crop and built[0].size == 192
+    assert views["grade"].tolist() == [0, 2] and views["a:pred_fold0_view0"].tolist() == [0.2, 2.4]
+    ablation.guard_predictions(work, ["a"], guard)
+    assert len(predicted) == 1  # same look: reused
+    monkeypatch.setattr(preprocess, "NATURAL_BEN_SIGMA_FRAC", 1 / 30)
+    ablation.guard_predictions(work, ["a"], guard)
+    assert len(predicted) == 2 and built[-1].ben_sigma_frac == pytest.approx(1 / 30)

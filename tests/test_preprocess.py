@@ -489,3 +489,24 @@ def test_natural_mode_filters_photographs_and_leaves_copies_alone(shared_data: P
     with pytest.raises(ValueError, match="natural"):
         PreprocessConfig(natural="clahe")
     assert PreprocessConfig.from_dict(auto.to_dict()) == auto
+
+
+def test_natural_recipe_brings_photographs_nearer_the_ben_copy_look(shared_data: Path) -> None:
+    """natural_recipe's blur (NATURAL_BEN_SIGMA_FRAC) gives IDRiD and natural EyePACS photographs band energies
+    nearer the APTOS Ben copy's than the 2015 recipe's r/30 does (bench/look.py measures the whole sweep)."""
+    from kaggle_utils.data.decode import read_image
+    from kaggle_utils.data.preprocess import look_distance, natural_recipe
+
+    def some(folder: str, pattern: str, n: int) -> list[np.ndarray]:
+        files = sorted((shared_data / folder).glob(pattern))
+        return [read_image(f, 512) for f in files[:: max(1, len(files) // n)][:n]]
+
+    copy = some("aptos2019_ben224/train_images", "*.jpg", 20)
+    recipe = natural_recipe(PreprocessConfig(size=224))
+    r30 = dataclasses.replace(recipe, ben_sigma_frac=1 / 30)
+    assert look_distance(copy, copy) == 0.0
+    for folder, pattern in (("idrid_train/images", "*.jpg"), ("eyepacs1024/images", "*")):
+        photos = some(folder, pattern, 12)
+        ours = look_distance([preprocess_array(p, recipe) for p in photos], copy)
+        old = look_distance([preprocess_array(p, r30) for p in photos], copy)
+        assert ours < 0.75 * old, (folder, ours, old)
