@@ -12,16 +12,18 @@ grade beside the true one (a camera shift shows as drift). The script refuses a 
 guard. ``train_min`` is the model's training step time (stage 1 included), ``run_min`` the whole chain's.
 
     python bench/aptos_ablation.py [outputs/aptos_cpu [outputs/aptos_baseline ...]] [--folds K[,K...]]
-        [--no-tta] [--guards idrid,eyepacs810 | --guards none] [--adapt-bn 0,0.5,1]
+        [--no-tta] [--guards idrid,eyepacs810 | --guards none] [--adapt-bn 0,0.5,1] [--prior-shift]
 
 ``--folds 0`` scores one fold's model, ``--folds 0,1,2`` an ensemble of three of the five (the time-for-quality
 trade of training fewer fold models; their OOF covers those folds only). ``--adapt-bn`` adds a row per mix of
-test-time BatchNorm adaptation (inference/adapt.py), each test set (held-out, every guard) adapted to itself.
+test-time BatchNorm adaptation (inference/adapt.py), each test set (held-out, every guard) adapted to itself;
+``--prior-shift`` a row per variant whose cut points are refitted for each test set's EM-estimated grade mix.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -195,9 +197,23 @@ def guard_columns(prefix: str, y: np.ndarray, pred: np.ndarray, thr: np.ndarray)
             f"{prefix}_mean_true": float(y.mean())}
 
 
+def prior_thresholds(y: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Cut points refitted on the OOF rows reweighted to the grade mix that EM estimates for the unlabelled
+    predictions ``q`` (inference/shift.py): the label-free answer to a new camera's different case mix."""
+    from kaggle_utils.inference import shift
+
+    prior = shift.estimate_prior(y, p, q, method="em", n_boot=0).prior
+    return shift.prior_shift_thresholds(p, y, prior)
+
+
+def _same(thr: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return thr
+
+
 def table(workdir: Path, guards: list[Guard] | None = None, folds: list[int] | None = None,
-          tta: bool = True, adapt_bn: float = 0.0) -> pd.DataFrame:
-    """One row per model of the chain and its blend (the blend's weights over the models' predictions)."""
+          tta: bool = True, adapt_bn: float = 0.0, prior_shift: bool = False) -> pd.DataFrame:
+    """One row per model of the chain and its blend (the blend's weights over the models' predictions);
+    ``prior_shift``: every test set scored with thresholds refitted for its own estimated grade mix."""
     guards = [] if guards is None else guards
     models = io.read_csv(workdir / "blend" / "summary_models.csv")
     names = [m for m in models["model"] if m != "blend"]
@@ -225,7 +241,8 @@ def table(workdir: Path, guards: list[Guard] | None = None, folds: list[int] | N
     minutes, run_min = step_minutes(workdir, folds)
     y, yt = oof["grade"].to_numpy(int), truth.to_numpy(int)
     picked = "" if folds is None else f", fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))}"
-    variant = picked + ("" if tta else ", no TTA") + (f", AdaBN {adapt_bn:g}" if adapt_bn else "")
+    variant = (picked + ("" if tta else ", no TTA") + (f", AdaBN {adapt_bn:g}" if adapt_bn else "")
+               + (", prior shift" if prior_shift else ""))
     rows = []
     for col in [*names, "blend"] if len(names) > 1 else names:
         p = oof[col].to_numpy(float)
@@ -233,14 +250,16 @@ def table(workdir: Path, guards: list[Guard] | None = None, folds: list[int] | N
         fitted, fixed = _score(y, p, thr)
         per_fold = [metrics.qwk(y[f], metrics.apply_thresholds(p[f], metrics.DEFAULT_THRESHOLDS))
                     for f in (oof["fold"] == k for k in fold_list)]
-        h_fitted, h_fixed = _score(yt, test[col].to_numpy(float), thr)
+        own = functools.partial(prior_thresholds, y, p) if prior_shift else functools.partial(_same, thr)
+        h_fitted, h_fixed = _score(yt, test[col].to_numpy(float), own(test[col].to_numpy(float)))
         row = {"run": workdir.name, "model": col + variant, "oof_qwk_fitted": fitted, "oof_qwk_fixed": fixed,
                "fold_qwk_fixed_mean": np.mean(per_fold), "fold_qwk_fixed_sd": np.std(per_fold),
                "referable_auc": metrics.referable_dr(y, p)["auc"],
                "holdout_qwk_oof_thr": h_fitted, "holdout_qwk_fixed": h_fixed,
                "holdout_referable_auc": metrics.referable_dr(yt, test[col].to_numpy(float))["auc"]}
         for name, frame in scored.items():
-            row.update(guard_columns(name, frame["grade"].to_numpy(int), frame[col].to_numpy(float), thr))
+            q = frame[col].to_numpy(float)
+            row.update(guard_columns(name, frame["grade"].to_numpy(int), q, own(q)))
         row["train_min"] = sum(minutes.get(m, 0.0) for m in names) if col == "blend" else minutes.get(col, 0.0)
         row["run_min"] = run_min
         rows.append(row)
@@ -290,6 +309,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-tta", action="store_true", help="the first TTA view alone (OOF: training's own)")
     ap.add_argument("--adapt-bn", type=_float_list, default=[0.0], metavar="MIX[,MIX...]",
                     help="a row per share of test-set BatchNorm statistics (0 = off; default 0)")
+    ap.add_argument("--prior-shift", action="store_true",
+                    help="also a row per variant with each test set's thresholds fitted for its estimated grade mix")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/recipes.md)")
     args = ap.parse_args(argv)
     frames = []
@@ -304,6 +325,8 @@ def main(argv: list[str]) -> int:
             return 1
         for mix in args.adapt_bn:
             frames.append(table(workdir, args.guards, args.folds, not args.no_tta, mix))
+            if args.prior_shift:
+                frames.append(table(workdir, args.guards, args.folds, not args.no_tta, mix, prior_shift=True))
         n_oof = len(io.read_csv(workdir / "data" / "folds.csv"))
         n_test = len(io.read_csv(workdir / "data" / "test.csv"))
         print(f"{workdir}: {n_oof} training rows (OOF on the competition's), {n_test} held-out images")

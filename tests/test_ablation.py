@@ -162,3 +162,37 @@ def test_guard_photographs_take_inferences_natural_recipe_and_a_new_look_is_redo
     monkeypatch.setattr(preprocess, "NATURAL_BEN_SIGMA_FRAC", 1 / 30)
     ablation.guard_predictions(work, ["a"], guard)
     assert len(predicted) == 2 and built[-1].ben_sigma_frac == pytest.approx(1 / 30)
+
+
+def test_prior_shift_rows_refit_cuts_for_each_test_sets_grade_mix(tmp_path, capsys):
+    """--prior-shift adds a row per variant whose held-out cuts are refitted for that set's EM-estimated grade
+    mix (inference/shift.py): a mostly healthy held-out set gets other cuts than the OOF's, and its QWK is
+    scored with them."""
+    from kaggle_utils import metrics
+    from kaggle_utils.inference import shift
+
+    work = _workdir(tmp_path)
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(5), 20)
+    oof = pd.DataFrame({"id": [f"o{i}" for i in range(100)], "grade": y, "fold": np.tile([0, 1], 50),
+                        "pred": y + rng.normal(0, 0.5, 100)})
+    for name in ("a", "b"):
+        io.write_csv(work / "preds" / name / "oof.csv", oof)
+    truth = np.r_[np.zeros(80, int), np.ones(20, int)]
+    q = truth + rng.normal(0, 0.5, 100)
+    ids = [f"t{i}" for i in range(100)]
+    io.write_csv(work / "data" / "test.csv", pd.DataFrame({"id": ids, "path": "x", "grade": truth}))
+    for name in ("a", "b"):
+        io.write_csv(work / "preds" / name / "test_views.csv", pd.DataFrame(
+            {"id": ids, **{f"pred_fold{k}_view{v}": q for k in (0, 1) for v in (0, 1)}}))
+    p = oof["pred"].to_numpy()
+    cuts = ablation.prior_thresholds(y, p, q)
+    prior = shift.estimate_prior(y, p, q, method="em", n_boot=0).prior
+    assert prior[0] > 0.6 and prior[2:].sum() < 0.05
+    np.testing.assert_allclose(cuts, shift.prior_shift_thresholds(p, y, prior))
+    assert not np.allclose(cuts, metrics.optimise_thresholds(p, y))
+    row = ablation.table(work, guards=None, prior_shift=True).loc[("work", "a, prior shift")]
+    assert row["holdout_qwk_oof_thr"] == pytest.approx(metrics.qwk(truth, metrics.apply_thresholds(q, cuts)))
+    assert ablation.main([str(work), "--guards", "none", "--prior-shift"]) == 0
+    out = capsys.readouterr().out
+    assert "a, prior shift" in out and "blend, prior shift" in out
