@@ -10,6 +10,7 @@ import pytest
 import torch
 from train_helpers import register_tiny_model
 
+from kaggle_utils import io
 from kaggle_utils.data import sources
 from kaggle_utils.data.preprocess import PreprocessConfig
 from kaggle_utils.inference import ensemble
@@ -177,3 +178,20 @@ def test_natural_photographs_reach_a_ben_copy_model_in_its_look(tiny_run, tmp_pa
         np.testing.assert_array_equal(seen_raw, seen_copy)
         as_is = infer.load_test_image(path, dataclasses.replace(recipe, natural="as_is"), 64)[0]
         assert np.abs(as_is.astype(int) - seen_raw).mean() > 10
+
+
+def test_predictions_record_the_look_natural_photographs_get(tiny_run, tmp_path):
+    """inference.json names each run's training recipe and, for a Ben copy's model (natural="ben"), the recipe
+    its natural-colour photographs went through, at the run's size with this version's blur."""
+    from kaggle_utils.data import preprocess
+
+    run_dir, table = tiny_run
+    run = infer.load_run(run_dir)
+    infer.infer([run_dir], table[["id", "path"]].head(2), tmp_path / "p", device="cpu", progress=False)
+    settings = io.read_json(tmp_path / "p" / infer.SETTINGS_FILE)
+    assert settings["recipes"]["tiny"] == {"trained": run.preprocess.to_dict(), "natural_photographs": None}
+    ben = dataclasses.replace(run, preprocess=PreprocessConfig(size=224, crop=False, ben_graham=False,
+                                                               natural="ben"))
+    look = infer.recipe_record(ben)["natural_photographs"]
+    assert look["ben_graham"] and look["size"] == run.size
+    assert look["ben_sigma_frac"] == preprocess.NATURAL_BEN_SIGMA_FRAC and look["natural"] == "as_is"

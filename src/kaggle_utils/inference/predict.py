@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from kaggle_utils import io
 from kaggle_utils.data.decode import ImageReadError, read_image
-from kaggle_utils.data.preprocess import PreprocessConfig, preprocess_array, retina_bbox
+from kaggle_utils.data.preprocess import PreprocessConfig, natural_recipe, preprocess_array, retina_bbox
 from kaggle_utils.inference.adapt import adapt_batchnorm, check_mix
 from kaggle_utils.inference.files import FAILED_FILE, FLAGGED_FILE, PRED_FILE, VIEWS_FILE
 from kaggle_utils.training import precision
@@ -402,7 +402,15 @@ def write_predictions(results: dict[str, pd.DataFrame], out_dir: str | os.PathLi
     return paths
 
 
-SETTINGS_FILE = "inference.json"  # how the predictions in a preds folder were made (TTA, adaptation)
+SETTINGS_FILE = "inference.json"  # how the predictions in a preds folder were made (TTA, adaptation, looks)
+
+
+def recipe_record(run: Run) -> dict[str, Any]:
+    """What a run's test images went through, for the predictions' metadata: its training recipe and, when
+    it brings natural-colour photographs to a Ben copy's look, that recipe too (its blur is this version's)."""
+    cfg = replace(run.preprocess, size=run.size)
+    natural = natural_recipe(cfg).to_dict() if cfg.natural == "ben" else None
+    return {"trained": run.preprocess.to_dict(), "natural_photographs": natural}
 
 
 def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: str | os.PathLike,
@@ -418,7 +426,8 @@ def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: s
     results = predict_runs(runs, table, tta, batch_size, workers, seed, progress, adapt_bn)
     write_predictions(results, out_dir)
     io.write_json(Path(out_dir) / SETTINGS_FILE, {"runs": names, "tta": tta, "adapt_bn": float(adapt_bn),
-                                                  "seed": seed, "images": len(table)})
+                                                  "seed": seed, "images": len(table),
+                                                  "recipes": {r.name: recipe_record(r) for r in runs}})
     first = results[names[0]]
     if len(first) and (first["status"] != "ok").all():  # a submission of fallback grades only is no result
         reasons = "; ".join(f"{r.id}: {r.reason}" for r in first.head(3).itertuples())
