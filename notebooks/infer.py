@@ -27,7 +27,7 @@ test_images = None
 test_ext = ".png"
 out_dir = "outputs/demo/preds"
 tta = "hflip"
-adapt_bn = 0.0  # share of BatchNorm statistics re-estimated on the test images (0 = off, 1 = AdaBN)
+adapt_bn = 0.0  # share of BatchNorm statistics re-estimated on the test images: 0 off, 1 AdaBN
 batch_size = 32
 workers = None  # loader threads; None: half the cores
 device = "auto"

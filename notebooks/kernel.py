@@ -27,7 +27,7 @@ test_images = "/kaggle/input/aptos2019-blindness-detection/test_images"
 test_ext = ".png"
 out_dir = "/kaggle/working"
 tta = "hflip"
-adapt_bn = 0.0  # share of BatchNorm statistics re-estimated on the test images (0 = off, 1 = AdaBN)
+adapt_bn = 0.0  # share of BatchNorm statistics re-estimated on the test images: 0 off, 1 AdaBN
 batch_size = 32
 workers = 4
 device = "auto"

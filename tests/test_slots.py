@@ -321,9 +321,11 @@ def test_two_cpu_slots_match_one_slot_through_ctrl_c_and_kill_9(one_slot, capsys
     captured = capsys.readouterr()
     out = captured.out
     assert "[run] preprocess:cache0: done earlier, skipped" in out
-    # both kernels' output, prefixed by slot (which epochs are left depends on when kill -9 came: a fold that
-    # had finished its last epoch only reloads and reports)
-    assert "\n[slot 0] " in out and "\n[slot 1] " in out
+    # the folds kill -9 left unfinished rerun, their kernels' output prefixed by slot (which epochs are left
+    # depends on when kill -9 came: a fold past its last epoch only reloads and reports; on an idle machine
+    # both 2-step folds may even have finished and been logged before the kill, and are skipped)
+    reran = [k for k in (0, 1) if f"[run] train:lite0:fold{k}: done earlier, skipped" not in out]
+    assert sum(f"\n[slot {s}] " in out for s in (0, 1)) >= len(reran), out
     log = chain.io.read_json(work / chain.LOG_FILE)["steps"]
     folds = [log[f"train:lite0:fold{k}"] for k in (0, 1)]
     assert {f["slot"] for f in folds} == {0, 1}
