@@ -46,7 +46,7 @@ BEN_MAX_LOW_FREQ = 8.0
 # high-pass keeps finer detail than the 2015 recipe's r/30: the band energies of its centre (look_distance)
 # sit nearest IDRiD's at r/48 and natural EyePACS's at r/56 (bench/look.py). On both left-out guards
 # (docs/recipes.md) r/40 lifts referable AUC and QWK over r/30 and keeps the mean grade within 0.15 of the
-# truth; finer blurs lift EyePACS AUC a little more but push both guards' grades up by 0.2-0.4.
+# truth; finer blurs lift EyePACS AUC a little more but push both guards' grades up by 0.1-0.35.
 NATURAL_BEN_SIGMA_FRAC = 1 / 40
 
 BBox = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
