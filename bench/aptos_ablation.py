@@ -143,14 +143,13 @@ def _views(workdir: Path, names: list[str], tag: str, table: pd.DataFrame, recip
 
 def guard_predictions(workdir: Path, names: list[str], guard: Guard, adapt_bn: float = 0.0) -> pd.DataFrame:
     """The models on ``guard``'s photographs, preprocessed as ``infer`` treats a clinic's natural-colour
-    photographs (``preprocess.natural_recipe``: crop, stretch, Ben in the training copy's look)."""
-    import dataclasses
-
+    photographs (``preprocess.natural_recipe`` of the run's recipe: crop, stretch, Ben in the training copy's
+    look; the prediction resizes to the model's size, as ``infer`` does)."""
     from kaggle_utils.data import preprocess, sources
 
     table = sources.load_source(guard.reader, guard.csv, guard.images)
-    return _views(workdir, names, guard.name, table, lambda run: preprocess.natural_recipe(
-        dataclasses.replace(run.preprocess, size=run.size)), adapt_bn)
+    return _views(workdir, names, guard.name, table, lambda run: preprocess.natural_recipe(run.preprocess),
+                  adapt_bn)
 
 
 def holdout_predictions(workdir: Path, names: list[str], adapt_bn: float) -> pd.DataFrame:
@@ -197,13 +196,14 @@ def guard_columns(prefix: str, y: np.ndarray, pred: np.ndarray, thr: np.ndarray)
             f"{prefix}_mean_true": float(y.mean())}
 
 
-def prior_thresholds(y: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Cut points refitted on the OOF rows reweighted to the grade mix that EM estimates for the unlabelled
-    predictions ``q`` (inference/shift.py): the label-free answer to a new camera's different case mix."""
+def prior_thresholds(y: np.ndarray, p: np.ndarray, thr: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """What the blend's ``thresholds: prior_shift`` submits: the OOF-fitted cuts ``thr`` refitted on the OOF
+    rows reweighted to the grade mix that EM estimates for the unlabelled predictions ``q``
+    (inference/shift.py): the label-free answer to a new camera's different case mix."""
     from kaggle_utils.inference import shift
 
-    prior = shift.estimate_prior(y, p, q, method="em", n_boot=0).prior
-    return shift.prior_shift_thresholds(p, y, prior)
+    prior = shift.estimate_prior(y, p, q, method="em", thresholds=thr, n_boot=0).prior
+    return shift.prior_shift_thresholds(p, y, prior, init=thr)
 
 
 def _same(thr: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -250,7 +250,7 @@ def table(workdir: Path, guards: list[Guard] | None = None, folds: list[int] | N
         fitted, fixed = _score(y, p, thr)
         per_fold = [metrics.qwk(y[f], metrics.apply_thresholds(p[f], metrics.DEFAULT_THRESHOLDS))
                     for f in (oof["fold"] == k for k in fold_list)]
-        own = functools.partial(prior_thresholds, y, p) if prior_shift else functools.partial(_same, thr)
+        own = functools.partial(prior_thresholds, y, p, thr) if prior_shift else functools.partial(_same, thr)
         h_fitted, h_fixed = _score(yt, test[col].to_numpy(float), own(test[col].to_numpy(float)))
         row = {"run": workdir.name, "model": col + variant, "oof_qwk_fitted": fitted, "oof_qwk_fixed": fixed,
                "fold_qwk_fixed_mean": np.mean(per_fold), "fold_qwk_fixed_sd": np.std(per_fold),

@@ -121,11 +121,9 @@ def test_a_fold_subset_is_scored_as_its_own_ensemble(tmp_path, capsys):
 
 
 def test_guard_photographs_take_inferences_natural_recipe_and_a_new_look_is_redone(tmp_path, monkeypatch):
-    """A guard's photographs are preprocessed by preprocess.natural_recipe at the run's size (what `infer` gives
-    a clinic's photograph), and the cached predictions are keyed on that recipe: a changed look is predicted
+    """A guard's photographs are preprocessed by preprocess.natural_recipe of the run's recipe (what `infer`
+    gives a clinic's photograph), and the cached predictions are keyed on that recipe: a changed look is predicted
     again, an unchanged one is reused."""
-    import dataclasses
-
     from kaggle_utils.data import cache, preprocess
     from kaggle_utils.inference import predict
 
@@ -154,8 +152,8 @@ def test_guard_photographs_take_inferences_natural_recipe_and_a_new_look_is_redo
     monkeypatch.setattr(predict, "predict_runs", lambda runs, test, **kw: predicted.append(1) or {
         "a": pd.DataFrame({"id": test["id"], "pred_fold0": [0.2, 2.4]})})
     views = ablation.guard_predictions(work, ["a"], guard)
-    assert built == [preprocess.natural_recipe(dataclasses.replace(trained, size=192))]
-    assert built[0].ben_graham and built[0].crop and built[0].size == 192
+    assert built == [preprocess.natural_recipe(trained)]  # at the recipe's size; predicting resizes to 192
+    assert built[0].ben_graham and built[0].crop and built[0].size == 224
     assert views["grade"].tolist() == [0, 2] and views["a:pred_fold0_view0"].tolist() == [0.2, 2.4]
     ablation.guard_predictions(work, ["a"], guard)
     assert len(predicted) == 1  # same look: reused
@@ -186,11 +184,12 @@ def test_prior_shift_rows_refit_cuts_for_each_test_sets_grade_mix(tmp_path, caps
         io.write_csv(work / "preds" / name / "test_views.csv", pd.DataFrame(
             {"id": ids, **{f"pred_fold{k}_view{v}": q for k in (0, 1) for v in (0, 1)}}))
     p = oof["pred"].to_numpy()
-    cuts = ablation.prior_thresholds(y, p, q)
-    prior = shift.estimate_prior(y, p, q, method="em", n_boot=0).prior
+    thr = metrics.optimise_thresholds(p, y)
+    cuts = ablation.prior_thresholds(y, p, thr, q)
+    prior = shift.estimate_prior(y, p, q, method="em", thresholds=thr, n_boot=0).prior
     assert prior[0] > 0.6 and prior[2:].sum() < 0.05
-    np.testing.assert_allclose(cuts, shift.prior_shift_thresholds(p, y, prior))
-    assert not np.allclose(cuts, metrics.optimise_thresholds(p, y))
+    np.testing.assert_allclose(cuts, shift.prior_shift_thresholds(p, y, prior, init=thr))
+    assert not np.allclose(cuts, thr)
     row = ablation.table(work, guards=None, prior_shift=True).loc[("work", "a, prior shift")]
     assert row["holdout_qwk_oof_thr"] == pytest.approx(metrics.qwk(truth, metrics.apply_thresholds(q, cuts)))
     assert ablation.main([str(work), "--guards", "none", "--prior-shift"]) == 0

@@ -182,7 +182,7 @@ def test_natural_photographs_reach_a_ben_copy_model_in_its_look(tiny_run, tmp_pa
 
 def test_predictions_record_the_look_natural_photographs_get(tiny_run, tmp_path):
     """inference.json names each run's training recipe and, for a Ben copy's model (natural="ben"), the recipe
-    its natural-colour photographs went through, at the run's size with this version's blur."""
+    its natural-colour photographs went through (at the recipe's size) with this version's blur."""
     from kaggle_utils.data import preprocess
 
     run_dir, table = tiny_run
@@ -193,5 +193,5 @@ def test_predictions_record_the_look_natural_photographs_get(tiny_run, tmp_path)
     ben = dataclasses.replace(run, preprocess=PreprocessConfig(size=224, crop=False, ben_graham=False,
                                                                natural="ben"))
     look = infer.recipe_record(ben)["natural_photographs"]
-    assert look["ben_graham"] and look["size"] == run.size
+    assert look["ben_graham"] and look["size"] == 224  # then resized to run.size, like every test image
     assert look["ben_sigma_frac"] == preprocess.NATURAL_BEN_SIGMA_FRAC and look["natural"] == "as_is"

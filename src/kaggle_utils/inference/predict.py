@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -407,10 +407,11 @@ SETTINGS_FILE = "inference.json"  # how the predictions in a preds folder were m
 
 def recipe_record(run: Run) -> dict[str, Any]:
     """What a run's test images went through, for the predictions' metadata: its training recipe and, when
-    it brings natural-colour photographs to a Ben copy's look, that recipe too (its blur is this version's)."""
-    cfg = replace(run.preprocess, size=run.size)
-    natural = natural_recipe(cfg).to_dict() if cfg.natural == "ben" else None
-    return {"trained": run.preprocess.to_dict(), "natural_photographs": natural}
+    it brings natural-colour photographs to a Ben copy's look, that recipe too (its blur is this version's;
+    like every test image, the result is then resized to the run's size: ``load_test_image``)."""
+    cfg = run.preprocess
+    return {"trained": cfg.to_dict(), "natural_photographs": natural_recipe(cfg).to_dict()
+            if cfg.natural == "ben" else None}
 
 
 def infer(run_dirs: Sequence[str | os.PathLike], table: pd.DataFrame, out_dir: str | os.PathLike,

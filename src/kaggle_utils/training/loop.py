@@ -256,7 +256,6 @@ class Trainer(FoldArtifacts):
         if self.status in ("completed", "early_stopped"):
             # killed between the final checkpoint and its tables: write them from the checkpoint's history
             if self.dist.is_main and not all((self.out / f).is_file() for f in ("metrics.csv", "curves.png")):
-                self._tables_at = -1
                 self._write_tables()
             return self.result(resumed)
         if self.dist.is_main:  # once the config and data are known good: errors stay one line
