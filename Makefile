@@ -33,7 +33,8 @@ recipe: $(STAMP)
 	$(PY) -m kaggle_utils.run configs/idrid_cpu.yaml
 
 # APTOS 2019 (the Ben-filtered copy in ../shared/data): Lite0, 5 folds x 12 epochs 160->224 px, held-out QWK
-# 0.881 (94 min on 2 cores with the venv install); `make plan CONFIG=configs/kaggle_gpu.yaml` prints any config's steps and times
+# 0.88-0.89 (94-115 min on 2 cores with the venv install, machine-dependent);
+# `make plan CONFIG=configs/kaggle_gpu.yaml` prints any config's steps and times
 aptos: $(STAMP)
 	$(PY) -m kaggle_utils.run configs/aptos_cpu.yaml
 
