@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# one worker per core, a test file per worker (module fixtures stay whole): 8.5 min instead of 14 on 2 cores
+# one worker per core, a test file per worker (module fixtures stay whole): 7.5-8.5 min instead of 14 on 2 cores
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile
 

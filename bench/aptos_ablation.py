@@ -122,7 +122,7 @@ def _views(workdir: Path, names: list[str], tag: str, table: pd.DataFrame, recip
         test = table[["id", "path"]]
         if recipe is not None:
             look = hashlib.sha256(looks[name].encode()).hexdigest()[:8]
-            folder = workdir / "guards" / tag / f"cache{run.size}_{look}"
+            folder = workdir / "guards" / tag / f"cache{recipe.size}_{look}"
             cache.build_cache(table, folder, recipe, progress=False)
             cached = cache.load_cache(folder)
             if len(cached) < len(table):

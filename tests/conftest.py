@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each (and in
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the kernels they start), or they oversubscribe the cores
+# `make test` runs one worker per core: one thread each (and in the kernels they start), or they oversubscribe
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
