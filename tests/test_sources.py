@@ -28,8 +28,8 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _source_warnings(rec) -> list[str]:
-    """The loader's own warnings: a recorder also catches whatever else fires meanwhile (CI once saw 4 more,
-    e.g. a garbage-collected file of another test in the same worker), which is not what is under test."""
+    """The loader's own warnings: a recorder also catches whatever else fires meanwhile (CI's xdist worker
+    once recorded 4 more, from something else running in it), which is not what is under test."""
     return [str(w.message) for w in rec if issubclass(w.category, SourceWarning)]
 
 
